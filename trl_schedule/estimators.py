@@ -1,0 +1,447 @@
+"""REINFORCE reward baselines: leave-one-out (RLOO), cross-context, and James-Stein shrinkage between them.
+
+Everything here is a pure tensor function of ``(rewards, group_ids)``; the classes only hold options and
+call them. Plain tensors in, plain tensors out, so LLM code (RLOO / GRPO in TRL) needs no new type::
+
+    >>> from trl_schedule import JamesSteinBaseline
+    >>> rewards = torch.tensor([1.0, 2.0, 0.0, 4.0, 3.0, float("nan")])
+    >>> group_ids = torch.tensor([0, 0, 1, 1, 2, 2])
+    >>> out = JamesSteinBaseline()(rewards, group_ids)
+    >>> out.advantages  # (N,), 0 for the unscorable (NaN) row
+    >>> out.alpha, out.sigma2, out.delta2
+
+Notation (DESIGN.md §2; Yu et al., CVPR 2026, arXiv 2511.22177, §3): a *group* (context) c holds the rewards of
+the K_c rollouts of one (prompt, noise) instance — or the completions of one prompt in LLM training. NaN rewards
+are *unscorable*: removed before any statistic, advantage 0. With K_c the scorable rewards of group c, B the
+groups with at least one scorable reward and rbar_c the group mean:
+
+- RLOO baseline: ``b_RLOO(c, i) = sum_{j != i} r_cj / (K_c - 1)``.
+- Pooled within-group variance: ``sigma2 = sum_c sum_i (r_ci - rbar_c)^2 / sum_c (K_c - 1)`` over groups with
+  K_c >= 2.
+- Between-group variance of the true means: ``delta2 = max(0, sum_c (rbar_c - m)^2 / (B - 1) - sum_c sigma2 / K_c / B)``
+  with ``m = mean_c rbar_c``.
+- Shrinkage ``alpha_c = (sigma2 / (K_c - 1)) / (sigma2 / (K_c - 1) + delta2)`` (0 when that denominator is 0) and
+  ``b_JS = (1 - alpha_c) b_RLOO + alpha_c b_xctx``.
+
+Two variants of the cross-context part:
+
+- ``"paper"``: ``b_xctx(c, i)`` is the mean of every *other* scorable reward in the batch (only row (c, i) is
+  left out) and sigma2, delta2 come from the whole batch. A row's baseline therefore depends on its own reward
+  slightly, through alpha and through the other rows of its group inside ``b_xctx``: the gradient estimate has a
+  small bias, O(1/N).
+- ``"loo"``: for context c every statistic except ``b_RLOO`` comes from the *other* contexts only
+  (JSPO, Zeng et al., arXiv 2511.03710, made vectorised and ragged-safe):
+  ``b_xctx(c) = mean_{k != c} rbar_k``; ``v_{-c} = mean_{k != c, K_k >= 2} sum_i (r_ki - rbar_k)^2 / (K_k (K_k - 1))``;
+  ``s_{-c} = mean_{k != c} (rbar_k - b_xctx(c))^2``; ``alpha_c = (B - 1) / B * v_{-c} / (v_{-c} + s_{-c})``.
+  No row's baseline depends on its own reward, so the REINFORCE gradient stays exactly unbiased. The price: at
+  small B with very different contexts its MSE against mu_c can exceed RLOO's.
+
+Edge cases (both variants, tested):
+
+- K_c = 1: there is no leave-one-out baseline, so ``alpha_c = 1`` (pure cross-context).
+- B < 3: the James-Stein dominance result needs B >= 3, so ``alpha_c = 0`` for groups with K_c >= 2 (plain
+  RLOO) and a warning is issued once per process.
+- A row with no other scorable reward to compare with (K_c = 1 and nothing usable across contexts) gets its own
+  reward as baseline: advantage 0.
+- All-NaN groups contribute nothing; their rows have NaN baselines and advantage 0.
+- All rewards equal: sigma2 = delta2 = 0, alpha = 0 and every advantage is 0.
+
+Everything is O(N) (sums and the leave-one-out trick, no Python loop over groups or rows), runs on any device
+and float dtype (half precision is computed in float32), and never tracks gradients.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+__all__ = [
+    "BaselineOutput",
+    "ESTIMATORS",
+    "CrossContextBaseline",
+    "GroupStatistics",
+    "JamesSteinBaseline",
+    "RLOOBaseline",
+    "compute_advantages",
+    "cross_context_baseline",
+    "get_estimator",
+    "group_statistics",
+    "james_stein_baseline",
+    "rloo_baseline",
+    "shrink",
+]
+
+Variant = Literal["paper", "loo"]
+Scale = Literal["none", "batch"]
+_SCALE_EPS = 1e-4
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
+@dataclass
+class BaselineOutput:
+    """What an estimator returns; every per-row tensor has shape `(N,)` and the rewards' dtype.
+
+    Args:
+        baselines: b_ci per row (NaN for unscorable rows).
+        advantages: (r_ci - b_ci), optionally scaled; exactly 0 for unscorable rows.
+        alpha: the shrinkage weight on the cross-context baseline per row (0 = RLOO, 1 = cross-context).
+        sigma2: pooled within-group variance of the batch (scalar), James-Stein only.
+        delta2: between-group variance estimate of the batch (scalar), James-Stein only.
+    """
+
+    baselines: torch.Tensor
+    advantages: torch.Tensor
+    alpha: torch.Tensor
+    sigma2: torch.Tensor | None = None
+    delta2: torch.Tensor | None = None
+
+
+@dataclass
+class GroupStatistics:
+    """Per-group sums of one batch, computed once and shared by every baseline.
+
+    `inverse` maps each row to its group index in `0..G-1`; per-group tensors have shape `(G,)`.
+    """
+
+    rewards: torch.Tensor  # (N,) compute dtype, unscorable rows set to 0
+    valid: torch.Tensor  # (N,) bool
+    inverse: torch.Tensor  # (N,) long
+    count: torch.Tensor  # (G,) K_c
+    total: torch.Tensor  # (G,) sum of scorable rewards
+    mean: torch.Tensor  # (G,) rbar_c (0 for empty groups)
+    sum_sq_dev: torch.Tensor  # (G,) sum_i (r_ci - rbar_c)^2
+
+    @property
+    def present(self) -> torch.Tensor:
+        """(G,) bool: groups with at least one scorable reward."""
+        return self.count > 0
+
+    @property
+    def num_groups(self) -> torch.Tensor:
+        """B, the number of groups with a scorable reward (0-dim tensor)."""
+        return self.present.sum().to(self.rewards.dtype)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _validate(rewards, group_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    rewards = torch.as_tensor(rewards)
+    group_ids = torch.as_tensor(group_ids, device=rewards.device)
+    if rewards.ndim != 1 or group_ids.ndim != 1:
+        raise ValueError(
+            f"`rewards` and `group_ids` must be 1-D tensors of shape (N,), got rewards {tuple(rewards.shape)} and "
+            f"group_ids {tuple(group_ids.shape)}. Flatten them first, e.g. `rewards.reshape(-1)`."
+        )
+    if rewards.shape != group_ids.shape:
+        raise ValueError(
+            f"`rewards` has {rewards.shape[0]} rows but `group_ids` has {group_ids.shape[0]}: pass one group id per "
+            "reward (e.g. `torch.arange(num_prompts).repeat_interleave(num_generations)`)."
+        )
+    if group_ids.is_floating_point() or group_ids.is_complex() or group_ids.dtype == torch.bool:
+        raise ValueError(
+            f"`group_ids` must be an integer tensor, got dtype {group_ids.dtype}. Convert with `group_ids.long()` "
+            "if the values are whole numbers."
+        )
+    if not rewards.is_floating_point():
+        if rewards.is_complex():
+            raise ValueError(f"`rewards` must be real, got dtype {rewards.dtype}.")
+        rewards = rewards.to(torch.get_default_dtype())
+    infinite = torch.isinf(rewards)
+    if infinite.any():
+        rows = infinite.nonzero().flatten().tolist()
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        raise ValueError(
+            f"`rewards` has {len(rows)} infinite value(s) at row(s) {shown}. Mark unscorable samples with NaN "
+            "(they get advantage 0) or clip the reward."
+        )
+    return rewards.detach(), group_ids.detach()
+
+
+@torch.no_grad()
+def group_statistics(rewards: torch.Tensor, group_ids: torch.Tensor) -> GroupStatistics:
+    """Per-group counts, sums, means and squared deviations of the scorable rewards.
+
+    Args:
+        rewards (`torch.Tensor` of shape `(N,)`): float rewards, NaN = unscorable.
+        group_ids (`torch.Tensor` of shape `(N,)`): integer group (context) ids, any values, any order.
+    """
+    rewards, group_ids = _validate(rewards, group_ids)
+    dtype = _compute_dtype(rewards.dtype)
+    valid = ~torch.isnan(rewards)
+    r = torch.where(valid, rewards.to(dtype), 0.0)
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    num = int(inverse.max()) + 1 if inverse.numel() else 0
+    zeros = torch.zeros(num, dtype=dtype, device=r.device)
+    count = zeros.index_add(0, inverse, valid.to(dtype))
+    total = zeros.index_add(0, inverse, r)
+    mean = total / count.clamp_min(1)
+    dev = torch.where(valid, r - mean[inverse], 0.0)
+    sum_sq_dev = zeros.index_add(0, inverse, dev * dev)
+    return GroupStatistics(r, valid, inverse, count, total, mean, sum_sq_dev)
+
+
+def _rloo(stats: GroupStatistics) -> torch.Tensor:
+    """(N,) leave-one-out group mean; NaN where K_c < 2 or the row is unscorable."""
+    k = stats.count[stats.inverse]
+    b = (stats.total[stats.inverse] - stats.rewards) / (k - 1).clamp_min(1)
+    return torch.where(stats.valid & (k >= 2), b, torch.nan)
+
+
+def _batch_leave_one_out(stats: GroupStatistics) -> torch.Tensor:
+    """(N,) mean of every other scorable reward in the batch; NaN if there is none."""
+    n = stats.count.sum()
+    b = (stats.total.sum() - stats.rewards) / (n - 1).clamp_min(1)
+    return torch.where(stats.valid & (n >= 2), b, torch.nan)
+
+
+def _pooled_variances(stats: GroupStatistics) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole-batch sigma2 (pooled within-group) and delta2 (between-group, bias-corrected, >= 0)."""
+    multi = stats.count >= 2
+    dof = (stats.count - 1).clamp_min(0).sum()
+    sigma2 = torch.where(dof > 0, (stats.sum_sq_dev * multi).sum() / dof.clamp_min(1), 0.0)
+    present, b = stats.present, stats.num_groups
+    m = (stats.mean * present).sum() / b.clamp_min(1)
+    between = (((stats.mean - m) ** 2) * present).sum() / (b - 1).clamp_min(1)
+    noise = torch.where(present, sigma2 / stats.count.clamp_min(1), 0.0).sum() / b.clamp_min(1)
+    delta2 = torch.where(b >= 2, (between - noise).clamp_min(0), 0.0)
+    return sigma2, delta2
+
+
+def _paper_alpha(stats: GroupStatistics, sigma2: torch.Tensor, delta2: torch.Tensor) -> torch.Tensor:
+    """(G,) alpha_c = (sigma2/(K_c-1)) / (sigma2/(K_c-1) + delta2), before the K_c = 1 and B < 3 rules."""
+    var_rloo = sigma2 / (stats.count - 1).clamp_min(1)
+    denom = var_rloo + delta2
+    return torch.where(denom > 0, var_rloo / torch.where(denom > 0, denom, 1.0), 0.0)
+
+
+def _loo_alpha_and_xctx(stats: GroupStatistics) -> tuple[torch.Tensor, torch.Tensor]:
+    """(G,) alpha_c and b_xctx(c) computed from the other contexts only (the "loo" variant)."""
+    present, b = stats.present, stats.num_groups
+    others = (b - 1).clamp_min(1)
+    # Centre the group means first: the statistics are shift-invariant and this avoids cancellation.
+    m = (stats.mean * present).sum() / b.clamp_min(1)
+    z = torch.where(present, stats.mean - m, 0.0)
+    xctx_z = (z.sum() - z) / others  # mean_{k != c} z_k
+    s = ((z * z).sum() - z * z) / others - xctx_z**2  # mean_{k != c} (z_k - xctx_z)^2
+    s = s.clamp_min(0)
+    multi = stats.count >= 2
+    k = stats.count.clamp_min(2)
+    w = torch.where(multi, stats.sum_sq_dev / (k * (k - 1)), 0.0)
+    n_multi = multi.sum().to(w.dtype) - multi.to(w.dtype)
+    v = torch.where(n_multi > 0, (w.sum() - w) / n_multi.clamp_min(1), 0.0)
+    denom = v + s
+    alpha = (b - 1) / b.clamp_min(1) * torch.where(denom > 0, v / torch.where(denom > 0, denom, 1.0), 0.0)
+    xctx = torch.where(b >= 2, xctx_z + m, torch.nan)
+    return alpha, xctx
+
+
+def shrink(b_rloo: torch.Tensor, b_xctx: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``(1 - alpha) * b_rloo + alpha * b_xctx`` where a side with zero weight may be NaN (undefined).
+
+    All arguments have shape `(N,)`. With ``alpha = 0`` this is exactly ``b_rloo``; with ``alpha = 1`` exactly
+    ``b_xctx``.
+    """
+    rloo_part = torch.where(alpha < 1, (1 - alpha) * torch.nan_to_num(b_rloo), 0.0)
+    xctx_part = torch.where(alpha > 0, alpha * torch.nan_to_num(b_xctx), 0.0)
+    undefined = ((alpha < 1) & torch.isnan(b_rloo)) | ((alpha > 0) & torch.isnan(b_xctx))
+    return torch.where(undefined, torch.nan, rloo_part + xctx_part)
+
+
+def compute_advantages(
+    rewards: torch.Tensor, baselines: torch.Tensor, scale: Scale = "none"
+) -> torch.Tensor:
+    """``rewards - baselines`` per row, 0 where either is NaN.
+
+    Args:
+        rewards, baselines (`torch.Tensor` of shape `(N,)`).
+        scale: ``"none"`` (default, the paper) or ``"batch"``: divide by the standard deviation of the scorable
+            advantages (+1e-4), without re-centring (a baseline already centres them in expectation).
+    """
+    if scale not in ("none", "batch"):
+        raise ValueError(f"`scale` must be 'none' or 'batch', got {scale!r}.")
+    adv = rewards - baselines
+    ok = ~torch.isnan(adv)
+    adv = torch.where(ok, adv, 0.0)
+    if scale == "batch":
+        n = ok.sum()
+        mean = adv.sum() / n.clamp_min(1)
+        var = torch.where(ok, (adv - mean) ** 2, 0.0).sum() / (n - 1).clamp_min(1)
+        adv = adv / (var.sqrt() + _SCALE_EPS)
+    return adv
+
+
+def _fallback_to_own_reward(stats: GroupStatistics, baseline: torch.Tensor) -> torch.Tensor:
+    """Scorable rows with no usable baseline get their own reward (advantage 0); unscorable rows NaN."""
+    own = torch.where(stats.valid, stats.rewards, torch.nan)
+    return torch.where(stats.valid & torch.isnan(baseline), own, torch.where(stats.valid, baseline, torch.nan))
+
+
+def _finish(
+    stats: GroupStatistics, baseline: torch.Tensor, alpha: torch.Tensor, scale: Scale, out_dtype: torch.dtype, **extra
+) -> BaselineOutput:
+    baseline = _fallback_to_own_reward(stats, baseline)
+    r = torch.where(stats.valid, stats.rewards, torch.nan)
+    adv = compute_advantages(r, baseline, scale)
+    extra = {k: v.to(out_dtype) for k, v in extra.items()}
+    return BaselineOutput(baseline.to(out_dtype), adv.to(out_dtype), alpha.to(out_dtype), **extra)
+
+
+def _out_dtype(rewards) -> torch.dtype:
+    rewards = torch.as_tensor(rewards)
+    return rewards.dtype if rewards.is_floating_point() else torch.get_default_dtype()
+
+
+@torch.no_grad()
+def rloo_baseline(rewards: torch.Tensor, group_ids: torch.Tensor, scale: Scale = "none") -> BaselineOutput:
+    """Leave-one-out baseline within each group (RLOO; Kool et al., 2019; Ahmadian et al., 2024).
+
+    Rows of groups with a single scorable reward have no leave-one-out baseline and get advantage 0.
+    `alpha` is 0 everywhere.
+
+    Args:
+        rewards (`torch.Tensor` of shape `(N,)`): float rewards, NaN = unscorable.
+        group_ids (`torch.Tensor` of shape `(N,)`): integer group ids.
+        scale: ``"none"`` or ``"batch"``, see :func:`compute_advantages`.
+    """
+    stats = group_statistics(rewards, group_ids)
+    alpha = torch.zeros_like(stats.rewards)
+    return _finish(stats, _rloo(stats), alpha, scale, _out_dtype(rewards))
+
+
+@torch.no_grad()
+def cross_context_baseline(rewards: torch.Tensor, group_ids: torch.Tensor, scale: Scale = "none") -> BaselineOutput:
+    """The batch leave-one-out baseline: the mean of every other scorable reward in the batch (`alpha` = 1).
+
+    Args:
+        rewards (`torch.Tensor` of shape `(N,)`): float rewards, NaN = unscorable.
+        group_ids (`torch.Tensor` of shape `(N,)`): integer group ids (only validated; the baseline pools groups).
+        scale: ``"none"`` or ``"batch"``, see :func:`compute_advantages`.
+    """
+    stats = group_statistics(rewards, group_ids)
+    alpha = torch.ones_like(stats.rewards)
+    return _finish(stats, _batch_leave_one_out(stats), alpha, scale, _out_dtype(rewards))
+
+
+@torch.no_grad()
+def james_stein_baseline(
+    rewards: torch.Tensor, group_ids: torch.Tensor, variant: Variant = "paper", scale: Scale = "none"
+) -> BaselineOutput:
+    """James-Stein shrinkage of the RLOO baseline toward a cross-context baseline (Yu et al., 2025, Eq. 8-10).
+
+    Args:
+        rewards (`torch.Tensor` of shape `(N,)`): float rewards, NaN = unscorable.
+        group_ids (`torch.Tensor` of shape `(N,)`): integer group (context) ids; groups may be ragged.
+        variant: ``"paper"`` (whole-batch statistics) or ``"loo"`` (leave-one-context-out, exactly unbiased).
+        scale: ``"none"`` or ``"batch"``, see :func:`compute_advantages`.
+
+    Returns:
+        :class:`BaselineOutput` with `sigma2` and `delta2` of the whole batch (in the ``"loo"`` variant these
+        are diagnostics; each context's alpha uses the other contexts' statistics).
+    """
+    if variant not in ("paper", "loo"):
+        raise ValueError(f"`variant` must be 'paper' or 'loo', got {variant!r}.")
+    stats = group_statistics(rewards, group_ids)
+    sigma2, delta2 = _pooled_variances(stats)
+    if variant == "paper":
+        alpha_g = _paper_alpha(stats, sigma2, delta2)
+        b_xctx = _batch_leave_one_out(stats)
+    else:
+        alpha_g, xctx_g = _loo_alpha_and_xctx(stats)
+        b_xctx = torch.where(stats.valid, xctx_g[stats.inverse], torch.nan)
+    b = stats.num_groups
+    if 0 < int(b) < 3 and bool((stats.count >= 2).any()):
+        _warn_once(
+            f"James-Stein baseline with only {int(b)} group(s) with scorable rewards: shrinkage needs at least 3, "
+            "so groups with >= 2 rewards use the plain RLOO baseline (alpha = 0). Use 3 or more prompts per batch."
+        )
+    alpha_g = torch.where(b >= 3, alpha_g, 0.0)
+    alpha_g = torch.where(stats.count == 1, 1.0, alpha_g)
+    alpha = alpha_g[stats.inverse]
+    baseline = shrink(_rloo(stats), b_xctx, alpha)
+    return _finish(stats, baseline, alpha, scale, _out_dtype(rewards), sigma2=sigma2, delta2=delta2)
+
+
+class _Estimator:
+    """Holds options; calling it runs the pure function."""
+
+    def __init__(self, scale: Scale = "none"):
+        if scale not in ("none", "batch"):
+            raise ValueError(f"`scale` must be 'none' or 'batch', got {scale!r}.")
+        self.scale = scale
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({opts})"
+
+
+class RLOOBaseline(_Estimator):
+    """Leave-one-out baseline within each group; see :func:`rloo_baseline`."""
+
+    name = "rloo"
+
+    def __call__(self, rewards: torch.Tensor, group_ids: torch.Tensor) -> BaselineOutput:
+        return rloo_baseline(rewards, group_ids, self.scale)
+
+
+class CrossContextBaseline(_Estimator):
+    """Batch leave-one-out baseline pooled over all contexts; see :func:`cross_context_baseline`."""
+
+    name = "cross_context"
+
+    def __call__(self, rewards: torch.Tensor, group_ids: torch.Tensor) -> BaselineOutput:
+        return cross_context_baseline(rewards, group_ids, self.scale)
+
+
+class JamesSteinBaseline(_Estimator):
+    """James-Stein shrinkage baseline; see :func:`james_stein_baseline` and the module docstring.
+
+    Args:
+        variant: ``"paper"`` (Yu et al.'s estimator, default) or ``"loo"`` (exactly unbiased, JSPO-style).
+        scale: ``"none"`` (default) or ``"batch"`` advantage normalisation.
+    """
+
+    def __init__(self, variant: Variant = "paper", scale: Scale = "none"):
+        if variant not in ("paper", "loo"):
+            raise ValueError(f"`variant` must be 'paper' or 'loo', got {variant!r}.")
+        super().__init__(scale)
+        self.variant = variant
+
+    @property
+    def name(self) -> str:
+        return "james_stein" if self.variant == "paper" else "james_stein_loo"
+
+    def __call__(self, rewards: torch.Tensor, group_ids: torch.Tensor) -> BaselineOutput:
+        return james_stein_baseline(rewards, group_ids, self.variant, self.scale)
+
+
+ESTIMATORS = {
+    "james_stein": lambda: JamesSteinBaseline("paper"),
+    "james_stein_loo": lambda: JamesSteinBaseline("loo"),
+    "rloo": RLOOBaseline,
+    "cross_context": CrossContextBaseline,
+}
+
+
+def get_estimator(baseline):
+    """An estimator from a name in :data:`ESTIMATORS` or any callable ``(rewards, group_ids) -> BaselineOutput``."""
+    if isinstance(baseline, str):
+        if baseline not in ESTIMATORS:
+            raise ValueError(f"Unknown baseline {baseline!r}; choose one of {sorted(ESTIMATORS)} or pass an estimator.")
+        return ESTIMATORS[baseline]()
+    if not callable(baseline):
+        raise ValueError(
+            f"`baseline` must be a name in {sorted(ESTIMATORS)} or a callable (rewards, group_ids) -> "
+            f"BaselineOutput, got {type(baseline).__name__}."
+        )
+    return baseline

@@ -1,0 +1,138 @@
+"""The contract every model family's schedule sampler follows.
+
+A *schedule sampler* wraps a diffusers pipeline the user already has and runs the frozen model with a
+**different schedule per row** in one batched denoising loop. Data flows one way::
+
+    cond = sampler.encode(prompts)                       # the pipeline's own encode_prompt
+    x_T = sampler.initial_noise(len(prompts), generator=g)   # layout of the pipeline's `latents=`
+    inputs = sampler.policy_inputs(x_T, cond)             # what DirichletSchedulePolicy reads
+    times = tau_to_times(tau)[..., :-1]                   # (B, L+1): t_0 = 1 > ... > t_L
+    latents = sampler.denoise(x_T, cond, times)           # L model evaluations, Euler in the family's time
+    images = sampler.decode(latents)                      # (B, 3, H, W) in [0, 1]
+
+Times follow DESIGN.md §3: ``t`` in [0, 1], ``t_0 = 1`` is pure noise, the sampler evaluates the model at
+``t_0 .. t_{L-1}`` and Euler-steps ``t_l -> t_{l+1}``, returning the state at ``t_L`` (``t_L`` is the
+learnable stopping margin). Each family maps ``t`` to its own time (:mod:`trl_schedule.schedules`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning produced by a sampler's :meth:`ScheduleSampler.encode`, batched over prompts.
+
+    Args:
+        text_states (`torch.Tensor` of shape `(B, S, D)`):
+            The token states the denoiser cross-attends to (the conditional branch). The policy reads these.
+        text_mask (`torch.Tensor` of shape `(B, S)`, *optional*):
+            1 for real tokens, 0 for padding. `None` means every token is real.
+        pooled (`torch.Tensor` of shape `(B, P)`, *optional*):
+            The pooled text embedding, for families that have one (Flux, SD3, SDXL).
+        negative_text_states, negative_pooled (*optional*):
+            The unconditional branch for classifier-free guidance (SD3, SDXL).
+        extras (`dict`):
+            Anything else the family's denoiser needs per row (e.g. SDXL's `add_time_ids`), each a tensor whose
+            first dimension is the batch.
+    """
+
+    text_states: torch.Tensor
+    text_mask: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    negative_text_states: torch.Tensor | None = None
+    negative_pooled: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.text_states.shape[0]
+
+    def _map(self, fn) -> Conditioning:
+        kwargs = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extras":
+                kwargs[f.name] = {k: fn(v) for k, v in value.items()}
+            else:
+                kwargs[f.name] = None if value is None else fn(value)
+        return Conditioning(**kwargs)
+
+    def repeat_interleave(self, repeats: int) -> Conditioning:
+        """Each row repeated `repeats` times in place (K rollouts per context)."""
+        return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def index(self, rows: torch.Tensor | slice) -> Conditioning:
+        """The rows `rows` (a slice or an index tensor)."""
+        return self._map(lambda t: t[rows])
+
+    def to(self, *args: Any, **kwargs: Any) -> Conditioning:
+        return self._map(lambda t: t.to(*args, **kwargs))
+
+
+class ScheduleSampler(ABC):
+    """A frozen diffusers pipeline driven with one schedule per row.
+
+    Subclasses set `family` (a short name used in errors and model cards) and `pipeline_classes` (the
+    diffusers pipeline class names they accept; :func:`trl_schedule.samplers.sampler_for` dispatches on it).
+    The wrapped pipeline is never modified: its modules are only called in eval mode without gradients.
+    """
+
+    family: str = ""
+    pipeline_classes: tuple[str, ...] = ()
+
+    def __init__(self, pipeline: Any):
+        self.pipeline = pipeline
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline._execution_device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.denoiser.dtype
+
+    @property
+    @abstractmethod
+    def denoiser(self) -> torch.nn.Module:
+        """The frozen denoising network (transformer or UNet)."""
+
+    @abstractmethod
+    def encode(self, prompts: list[str], **kwargs: Any) -> Conditioning:
+        """Encode `prompts` with the pipeline's own `encode_prompt`."""
+
+    @abstractmethod
+    def initial_noise(
+        self,
+        batch_size: int,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> torch.Tensor:
+        """x_T in the layout the pipeline's own `latents=` argument takes."""
+
+    @abstractmethod
+    def policy_inputs(self, x_T: torch.Tensor, cond: Conditioning) -> dict[str, torch.Tensor | None]:
+        """What the schedule policy reads: `latents` `(B, C, h, w)` (spatial, unpacked), `text_states`
+        `(B, S, D)`, `text_mask` `(B, S)` or None, `pooled` `(B, P)` or None."""
+
+    @abstractmethod
+    def denoise(self, x_T: torch.Tensor, cond: Conditioning, times: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Run L = `times.shape[1] - 1` model evaluations with a different schedule per row.
+
+        Args:
+            x_T: initial noise, as returned by :meth:`initial_noise`, `(B, ...)`.
+            cond: conditioning for the same B rows.
+            times (`torch.Tensor` of shape `(B, L+1)`): t_0 .. t_L per row, strictly decreasing in [0, 1].
+
+        Returns:
+            The latents at t_L, same layout as `x_T`.
+        """
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor, height: int | None = None, width: int | None = None) -> torch.Tensor:
+        """Latents -> images `(B, 3, H, W)` in [0, 1] (float32)."""
