@@ -43,7 +43,15 @@ __all__ = [
     "cross_context_baseline",
     "james_stein_baseline",
     "rloo_baseline",
-    *_LAZY,
+    "JSRLOOTrainer",
+    "JSGRPOTrainer",
+    "DirichletSchedulePolicy",
+    "DirichletSchedulePolicyConfig",
+    "ScheduledPipeline",
+    "sampler_for",
+    "FluxScheduleSampler",
+    "SD3ScheduleSampler",
+    "SDXLScheduleSampler",
 ]
 
 
