@@ -1,0 +1,110 @@
+"""Smoke test of recipes/rloo_js_llm.py: a tiny Llama saved to disk, a local json dataset, 2 steps."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _rloo_two_process import prompt_texts, save_tiny_lm  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+RECIPE = ROOT / "recipes" / "rloo_js_llm.py"
+
+
+def _load_recipe():
+    spec = importlib.util.spec_from_file_location("rloo_js_llm", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_dataset(path: Path) -> Path:
+    path.write_text("\n".join(json.dumps({"text": p, "id": i}) for i, p in enumerate(prompt_texts(12))))
+    return path
+
+
+def test_rewards_and_dataset_loading(tmp_path):
+    recipe = _load_recipe()
+    assert recipe.make_reward("length")(completions=["w1 w2 w3", ""]) == [3.0, 0.0]
+    contains = recipe.make_reward("contains:w7")
+    assert contains(completions=["w1 w7", "w1", [{"role": "assistant", "content": "w7"}]]) == [1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="contains:<word>"):
+        recipe.make_reward("bleu")
+
+    data = _write_dataset(tmp_path / "prompts.jsonl")
+    args = recipe.JSRLOOScriptArguments(dataset_name=str(data), prompt_column="text", max_train_samples=5)
+    dataset = recipe.load_prompt_dataset(args)
+    assert dataset["prompt"] == prompt_texts(5)
+    with pytest.raises(ValueError, match="--prompt_column 'question'"):
+        recipe.load_prompt_dataset(
+            recipe.JSRLOOScriptArguments(dataset_name=str(data), prompt_column="question")
+        )
+    with pytest.raises(ValueError, match="--baseline 'mean'"):
+        recipe.JSRLOOScriptArguments(dataset_name=str(data), baseline="mean")
+
+
+@pytest.mark.slow
+def test_recipe_trains_and_saves(tmp_path):
+    model_dir = save_tiny_lm(tmp_path / "tiny_lm")
+    data = _write_dataset(tmp_path / "prompts.json")
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        str(RECIPE),
+        "--model_name_or_path",
+        model_dir,
+        "--dataset_name",
+        str(data),
+        "--prompt_column",
+        "text",
+        "--reward",
+        "length,contains:w7",
+        "--baseline",
+        "james_stein",
+        "--output_dir",
+        str(out),
+        "--use_cpu",
+        "--bf16",
+        "False",
+        "--gradient_checkpointing",
+        "False",
+        "--per_device_train_batch_size",
+        "6",
+        "--num_generations",
+        "2",
+        "--max_completion_length",
+        "6",
+        "--max_steps",
+        "2",
+        "--learning_rate",
+        "1e-2",
+        "--beta",
+        "0.05",
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    trained = load_file(out / "model.safetensors")
+    initial = load_file(Path(model_dir) / "model.safetensors")
+    assert trained.keys() == initial.keys()
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial), (
+        "training did not change the weights"
+    )

@@ -1,0 +1,321 @@
+"""James-Stein (and other) baselines for TRL's LLM trainers: `JSRLOOTrainer` and `JSGRPOTrainer`.
+
+TRL 1.16 computes RLOO/GRPO advantages inline in `_generate_and_score_completions` (no hook). These trainers
+swap the baseline without copying that ~300-line method. What is replaced, precisely:
+
+1. `_calculate_rewards` is wrapped: its output, the `(N_total, num_reward_funcs)` reward matrix already
+   gathered over all processes (NaN where a reward function returned `None`), is captured unchanged.
+2. `_get_per_token_logps_and_entropies` is wrapped (RLOO with `beta != 0` only): the no-grad calls made before
+   the rewards are computed, the policy's ("old") and the reference model's per-token log-probs, are captured.
+3. After TRL's `_generate_and_score_completions` returns, its `"advantages"` entry (the only output that
+   depends on the baseline) is recomputed from the captured rewards:
+
+   - sequence reward exactly as TRL builds it before its baseline: weighted `nansum` over reward functions,
+     rows where every function returned `None` set to NaN (unscorable); RLOO then applies `reward_clip_range`
+     and the KL penalty `r - beta * gather(sum_t (logp_old - logp_ref) * completion_mask)`;
+   - the estimator is applied to the gathered rewards with group ids derived from TRL's layout (contiguous
+     groups of `num_generations` rows); unscorable rows get advantage 0;
+   - TRL's scaling is applied on top: RLOO `normalize_advantages` (over the scorable rows, as TRL does); GRPO
+     `scale_rewards="batch"` (divide by the batch reward std + 1e-4) or `"none"`;
+   - each process keeps `advantages[rank * n_local : (rank + 1) * n_local]`, exactly TRL's slice.
+
+   The advantages written to the completions table (`self._logs["advantages"]`) are replaced as well, and
+   `baseline/alpha` (mean over scorable rows), `baseline/sigma2` and `baseline/delta2` are appended to
+   `self._metrics[mode]` (the last two only for estimators that report them, i.e. James-Stein).
+
+Everything else TRL logs (`reward`, `reward_std`, `frac_reward_zero_std`, `kl`, ...) is TRL's, unchanged. The
+policy loss, clipping and GRPO's KL-in-the-loss term are untouched: they read `inputs["advantages"]`.
+
+Refused with a `ValueError` at construction:
+
+- GRPO `scale_rewards="group"` (GRPO's default). It divides each group's advantage by (that group's reward
+  std + 1e-4). With GRPO's group-mean baseline the advantages of a zero-std group are exactly 0, so TRL never
+  notices; a James-Stein baseline shrinks toward the other contexts, so a zero-std group gets a nonzero
+  advantage, which would be multiplied by ~1e4. Use `scale_rewards="batch"` (or `"none"`).
+- GRPO `multi_objective_aggregation="normalize_then_sum"`: rewards are standardised within each group before
+  the baseline, so every group mean is 0 and there is nothing to shrink toward. Use `"sum_then_normalize"`.
+- An estimator built with `scale="batch"` together with the trainer's own scaling (RLOO
+  `normalize_advantages=True`, GRPO `scale_rewards="batch"`): the advantages would be scaled twice.
+
+In eval mode with `num_generations_eval=1` TRL's RLOO sets every advantage to 0 (no leave-one-out baseline);
+here each one-row group gets the estimator's cross-context baseline instead (James-Stein: alpha = 1). Eval
+advantages only enter the logged eval loss.
+
+These override TRL internals that are not a public API; `pyproject.toml` pins the TRL minor version, and a
+consistency check raises `RuntimeError` if the captured log-probs stop matching TRL's `old_logps`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate.utils import gather
+from trl import GRPOTrainer, RLOOTrainer
+from trl.trainer.utils import nanstd
+
+from .estimators import JamesSteinBaseline
+
+__all__ = ["JSGRPOTrainer", "JSRLOOTrainer", "contiguous_group_ids"]
+
+_TRL_MISMATCH = "the installed TRL does not match the one trl_schedule.rloo overrides (trl>=1.16,<1.17)"
+
+
+def contiguous_group_ids(
+    num_rows: int, num_generations: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Group ids for TRL's gathered batch: contiguous blocks of `num_generations` completions per prompt.
+
+    Args:
+        num_rows (`int`):
+            Number of rows N in the gathered batch (all processes).
+        num_generations (`int`):
+            Completions per prompt G (TRL's `num_generations`, or `num_generations_eval` in eval mode).
+        device (`torch.device` or `str`, *optional*):
+            Device of the returned tensor.
+
+    Returns:
+        `torch.LongTensor` of shape `(N,)`: `[0]*G + [1]*G + ...`.
+    """
+    if num_generations < 1:
+        raise ValueError(f"num_generations must be >= 1, got {num_generations}.")
+    if num_rows % num_generations != 0:
+        raise ValueError(
+            f"The gathered batch has {num_rows} rows, not a multiple of num_generations={num_generations}; "
+            "TRL lays out contiguous groups of num_generations completions. Make the global batch size "
+            "divisible by num_generations."
+        )
+    return torch.arange(num_rows, device=device) // num_generations
+
+
+@dataclass
+class _Capture:
+    """What one `_generate_and_score_completions` call exposes to the baseline swap."""
+
+    record_logps: bool
+    # per-token log-probs of the no-grad forwards made before the rewards, in call order
+    logps: list[torch.Tensor] = field(default_factory=list)
+    # (N_total, num_reward_funcs), gathered over processes
+    rewards_per_func: torch.Tensor | None = None
+
+
+class _BaselineSwapMixin:
+    """The mechanism shared by `JSRLOOTrainer` and `JSGRPOTrainer` (see the module docstring).
+
+    A trainer class sets `_kl_in_reward`, implements the three scaling hooks and may extend
+    `_sequence_rewards`.
+    """
+
+    # RLOO subtracts beta * KL from the reward before its baseline; GRPO keeps KL in the loss.
+    _kl_in_reward: bool = False
+
+    def __init__(self, *args: Any, estimator: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.estimator = JamesSteinBaseline() if estimator is None else estimator
+        if not callable(self.estimator):
+            raise ValueError(
+                "estimator must be callable as estimator(rewards, group_ids), got "
+                f"{type(self.estimator).__name__}. Pass e.g. trl_schedule.JamesSteinBaseline()."
+            )
+        self._check_baseline_compatible()
+        if getattr(self.estimator, "scale", "none") != "none" and self._trainer_scales_advantages():
+            raise ValueError(
+                f"estimator.scale={self.estimator.scale!r} and the trainer's own advantage scaling "
+                f"({self._trainer_scaling_field()}) would scale the advantages twice. Build the estimator "
+                "with scale='none' (the trainer's scaling reproduces TRL's), or turn the trainer's off."
+            )
+        self._baseline_capture: _Capture | None = None
+
+    # ----- hooks a trainer class fills in ----------------------------------------------------------------
+
+    def _check_baseline_compatible(self) -> None:
+        """Raise a `ValueError` for trainer settings that make no sense with a replaced baseline."""
+
+    def _trainer_scaling_field(self) -> str:
+        """The trainer setting that scales advantages, as `field=value` (for error messages)."""
+        raise NotImplementedError
+
+    def _trainer_scales_advantages(self) -> bool:
+        """Whether the trainer's config scales advantages after the baseline."""
+        raise NotImplementedError
+
+    def _scale_advantages(self, advantages: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+        """TRL's scaling of `advantages` (N,), given the gathered `rewards` (N,) (NaN = unscorable)."""
+        raise NotImplementedError
+
+    def _sequence_rewards(self, rewards_per_func: torch.Tensor, out: dict, capture: _Capture) -> torch.Tensor:
+        """The reward TRL feeds its baseline, `(N,)`, from the gathered `(N, num_reward_funcs)` matrix.
+
+        Weighted `nansum` over reward functions; rows where every function returned `None` are NaN.
+        """
+        unscorable = torch.isnan(rewards_per_func).all(dim=1)
+        weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
+        rewards = (rewards_per_func * weights).nansum(dim=1)
+        rewards[unscorable] = torch.nan
+        return rewards
+
+    # ----- captures --------------------------------------------------------------------------------------
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        capture = getattr(self, "_baseline_capture", None)
+        if capture is not None:
+            capture.rewards_per_func = rewards_per_func
+        return rewards_per_func
+
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+        result = super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+        capture = getattr(self, "_baseline_capture", None)
+        if capture is not None and capture.record_logps and capture.rewards_per_func is None:
+            capture.logps.append(result[0])
+        return result
+
+    # ----- the swap --------------------------------------------------------------------------------------
+
+    def _generate_and_score_completions(self, inputs):
+        self._baseline_capture = _Capture(record_logps=self._kl_in_reward and self.beta != 0.0)
+        try:
+            out = super()._generate_and_score_completions(inputs)
+            capture = self._baseline_capture
+        finally:
+            self._baseline_capture = None
+        if capture.rewards_per_func is None:
+            raise RuntimeError(
+                f"_calculate_rewards was not called while scoring completions: {_TRL_MISMATCH}."
+            )
+        mode = "train" if self.model.training else "eval"
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+
+        rewards = self._sequence_rewards(capture.rewards_per_func, out, capture)
+        group_ids = contiguous_group_ids(rewards.numel(), num_generations, device=rewards.device)
+        with torch.no_grad():
+            est = self.estimator(rewards, group_ids)
+        scorable = ~torch.isnan(rewards)
+        advantages = torch.where(scorable, est.advantages.to(rewards.dtype), torch.zeros_like(rewards))
+        advantages = self._scale_advantages(advantages, rewards)
+
+        # TRL's slice: this process's completions are rows [rank * n_local, (rank + 1) * n_local).
+        n_local = out["advantages"].size(0)
+        rank = self.accelerator.process_index
+        out["advantages"] = advantages[rank * n_local : (rank + 1) * n_local]
+
+        self._log_baseline(mode, est, scorable, advantages)
+        return out
+
+    def _log_baseline(self, mode: str, est: Any, scorable: torch.Tensor, advantages: torch.Tensor) -> None:
+        metrics = self._metrics[mode]
+        alpha = est.alpha[scorable] if scorable.any() else est.alpha
+        metrics["baseline/alpha"].append(alpha.float().mean().item() if alpha.numel() else 0.0)
+        for name in ("sigma2", "delta2"):
+            value = getattr(est, name, None)
+            if value is not None:
+                metrics[f"baseline/{name}"].append(float(value))
+        # TRL just appended its own advantages (all processes) to the completions table: replace them.
+        logged = self._logs["advantages"]
+        n = min(advantages.numel(), len(logged))
+        for _ in range(n):
+            logged.pop()
+        logged.extend(advantages[advantages.numel() - n :].tolist())
+
+
+class JSRLOOTrainer(_BaselineSwapMixin, RLOOTrainer):
+    """`trl.RLOOTrainer` with its leave-one-out baseline replaced by `estimator` (default James-Stein).
+
+    Args:
+        *args, **kwargs:
+            Exactly `trl.RLOOTrainer`'s arguments.
+        estimator (*optional*):
+            A callable `estimator(rewards, group_ids)`, rewards `(N,)` float with NaN = unscorable and
+            group_ids `(N,)` int, returning an object with `.advantages` `(N,)` and `.alpha` `(N,)` (and
+            optionally scalar `.sigma2`, `.delta2`): `JamesSteinBaseline(variant="paper" | "loo")`,
+            `RLOOBaseline()` or `CrossContextBaseline()` from `trl_schedule`. Defaults to
+            `JamesSteinBaseline()`.
+
+    The estimator sees exactly the reward TRL's baseline sees: the weighted sum, clipped to
+    `reward_clip_range`, minus the sequence-level KL penalty `beta * sum_t (logp_old - logp_ref)` when
+    `beta != 0`. `normalize_advantages` is applied to the estimator's advantages as TRL applies it to its
+    own (centred and divided by std + 1e-4 over the scorable rows). With `estimator=RLOOBaseline()` the
+    trainer reproduces `trl.RLOOTrainer`'s advantages exactly.
+    """
+
+    _kl_in_reward = True
+
+    def _sequence_rewards(self, rewards_per_func: torch.Tensor, out: dict, capture: _Capture) -> torch.Tensor:
+        rewards = super()._sequence_rewards(rewards_per_func, out, capture)
+        if self.reward_clip_range:
+            rewards = rewards.clamp(min=self.reward_clip_range[0], max=self.reward_clip_range[1])
+        if self.beta != 0.0:
+            if len(capture.logps) != 2:
+                raise RuntimeError(
+                    "Expected 2 no-grad log-prob forwards (policy, reference) before the rewards, saw "
+                    f"{len(capture.logps)}: {_TRL_MISMATCH}."
+                )
+            old_per_token_logps, ref_per_token_logps = capture.logps
+            completion_mask = out["completion_mask"]
+            if not torch.equal((old_per_token_logps * completion_mask).sum(1), out["old_logps"]):
+                raise RuntimeError(
+                    f"The captured policy log-probs differ from TRL's old_logps: {_TRL_MISMATCH}."
+                )
+            # RLOOTrainer's expression: first-order log ratio, summed per sequence, gathered over processes.
+            kl = ((old_per_token_logps - ref_per_token_logps) * completion_mask).sum(-1)
+            rewards = rewards - self.beta * gather(kl)
+        return rewards
+
+    def _trainer_scaling_field(self) -> str:
+        return f"normalize_advantages={self.normalize_advantages}"
+
+    def _trainer_scales_advantages(self) -> bool:
+        return bool(self.normalize_advantages)
+
+    def _scale_advantages(self, advantages: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+        if not self.normalize_advantages:
+            return advantages
+        advantages = advantages.masked_fill(torch.isnan(rewards), torch.nan)
+        advantages = (advantages - torch.nanmean(advantages)) / (nanstd(advantages) + 1e-4)
+        return torch.nan_to_num(advantages, nan=0.0)
+
+
+class JSGRPOTrainer(_BaselineSwapMixin, GRPOTrainer):
+    """`trl.GRPOTrainer` with its group-mean baseline replaced by `estimator` (default James-Stein).
+
+    Args:
+        *args, **kwargs:
+            Exactly `trl.GRPOTrainer`'s arguments. `args.scale_rewards` must be `"batch"` or `"none"` (GRPO's
+            default `"group"` is refused) and `args.multi_objective_aggregation` must be
+            `"sum_then_normalize"`; the module docstring says why.
+        estimator (*optional*):
+            As in [`JSRLOOTrainer`]. Defaults to `JamesSteinBaseline()`.
+
+    GRPO keeps its KL term in the loss (`beta`), not in the reward, so the estimator sees the weighted reward
+    sum. With `scale_rewards="batch"` the advantages are divided by the batch reward std + 1e-4, as in TRL.
+    """
+
+    def _check_baseline_compatible(self) -> None:
+        if self.scale_rewards not in ("batch", "none"):
+            raise ValueError(
+                f"JSGRPOTrainer does not support scale_rewards={self.scale_rewards!r}: per-group std scaling "
+                "divides a James-Stein advantage by (group std + 1e-4), and a group whose rewards are all "
+                "equal has std 0 but (unlike with GRPO's group-mean baseline) a nonzero advantage, which "
+                "would be multiplied by ~1e4. Set scale_rewards='batch' (or 'none') in GRPOConfig."
+            )
+        if self.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError(
+                "JSGRPOTrainer does not support multi_objective_aggregation="
+                f"{self.multi_objective_aggregation!r}: it standardises rewards within each group before the "
+                "baseline, so every group mean is 0 and a cross-context baseline has nothing to shrink "
+                "toward. Set multi_objective_aggregation='sum_then_normalize' in GRPOConfig."
+            )
+
+    def _trainer_scaling_field(self) -> str:
+        return f"scale_rewards={self.scale_rewards!r}"
+
+    def _trainer_scales_advantages(self) -> bool:
+        return self.scale_rewards != "none"
+
+    def _scale_advantages(self, advantages: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+        if self.scale_rewards == "none":
+            return advantages
+        std = nanstd(rewards) if rewards.numel() > 1 else torch.zeros((), device=rewards.device)
+        # As in TRL, a batch with < 2 scorable rewards has a NaN std: its advantages become 0.
+        return torch.nan_to_num(advantages / (std + 1e-4), nan=0.0)

@@ -1,0 +1,49 @@
+"""Schedule samplers: a frozen diffusers pipeline driven with one schedule per row (see :mod:`.base`).
+
+One file per model family: :mod:`.flux` (`FluxPipeline`), :mod:`.sd3` (`StableDiffusion3Pipeline`),
+:mod:`.sdxl` (`StableDiffusionXLPipeline`). :func:`sampler_for` picks the right one for a pipeline;
+:mod:`.tiny` builds tiny random pipelines of each family for tests and smoke runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Conditioning, ScheduleSampler
+from .flux import FluxScheduleSampler
+from .sd3 import SD3ScheduleSampler
+from .sdxl import SDXLScheduleSampler
+
+SAMPLERS: tuple[type[ScheduleSampler], ...] = (FluxScheduleSampler, SD3ScheduleSampler, SDXLScheduleSampler)
+"""Every sampler class :func:`sampler_for` dispatches to."""
+
+__all__ = [
+    "SAMPLERS",
+    "Conditioning",
+    "FluxScheduleSampler",
+    "SD3ScheduleSampler",
+    "SDXLScheduleSampler",
+    "ScheduleSampler",
+    "sampler_for",
+]
+
+
+def sampler_for(pipe: Any, **kwargs: Any) -> ScheduleSampler:
+    """The schedule sampler for `pipe`, chosen by its class (or any base class) name.
+
+    Args:
+        pipe: a diffusers pipeline instance, e.g. `FluxPipeline.from_pretrained(...)`.
+        **kwargs: passed to the sampler's constructor (e.g. `guidance_scale`, `height`, `width`).
+
+    Raises:
+        ValueError: if no sampler supports the pipeline, listing the supported pipeline classes.
+    """
+    names = {cls.__name__ for cls in type(pipe).__mro__}
+    for sampler_cls in SAMPLERS:
+        if names.intersection(sampler_cls.pipeline_classes):
+            return sampler_cls(pipe, **kwargs)
+    supported = sorted(name for sampler_cls in SAMPLERS for name in sampler_cls.pipeline_classes)
+    raise ValueError(
+        f"No schedule sampler for {type(pipe).__name__}: supported pipelines are {', '.join(supported)}. Load one of "
+        "those (e.g. `FluxPipeline.from_pretrained(...)`) or write a ScheduleSampler subclass for your pipeline."
+    )
