@@ -1,5 +1,4 @@
-"""FluxScheduleSampler against diffusers' own FluxPipeline, on a tiny random pipeline built in code (32x32
-px)."""
+"""FluxScheduleSampler against diffusers' own FluxPipeline, on a tiny random pipeline (32x32 px)."""
 
 from __future__ import annotations
 
@@ -72,8 +71,8 @@ def test_initial_noise_is_the_pipelines(sampler):
 
 
 def test_same_schedule_matches_pipeline_custom_sigmas(pipe, sampler, batch):
-    """(a) every row on one custom schedule == the pipeline's own call with those sigmas (verbatim
-    scheduler).""" cond, x_T = batch
+    """(a) all rows on one custom schedule == the pipeline's own call with those sigmas (verbatim)."""
+    cond, x_T = batch
     sigmas = [1.0, 0.6, 0.25]
     times = torch.tensor(sigmas + [0.0]).expand(2, -1)  # the pipeline always ends at 0
     latents = sampler.denoise(x_T, cond, times)
@@ -136,8 +135,8 @@ def test_default_schedule_reproduces_default_call(pipe, sampler, batch):
 
 
 def test_rows_with_different_schedules_equal_rows_run_alone(sampler, batch):
-    """(c) one batched denoise == each row separately, with exactly L transformer calls for the whole
-    batch.""" cond, x_T = batch
+    """(c) one batched denoise == each row alone, with exactly L transformer calls for the batch."""
+    cond, x_T = batch
     times = torch.tensor([[1.0, 0.7, 0.3, 0.05], [1.0, 0.5, 0.2, 0.1]])
     calls, handle = _count_calls(sampler.denoiser)
     try:
@@ -215,8 +214,8 @@ def test_guidance_embeds_flux_dev():
 
 
 def _host_syncs_in_samplers(fn):
-    """Run `fn` with CUDA sync debugging on; return (result, host-sync warnings raised from
-    trl_schedule/samplers).""" import warnings
+    """Run `fn` with CUDA sync debugging on; return (result, host-sync warnings from our samplers)."""
+    import warnings
 
     torch.cuda.set_sync_debug_mode("warn")
     try:

@@ -1,5 +1,4 @@
-"""SD3ScheduleSampler against diffusers' own StableDiffusion3Pipeline, on a tiny random pipeline (32x32
-px)."""
+"""SD3ScheduleSampler against diffusers' StableDiffusion3Pipeline, on a tiny random pipeline (32x32 px)."""
 
 from __future__ import annotations
 
@@ -70,8 +69,8 @@ def test_initial_noise_is_the_pipelines(sampler):
 
 @pytest.mark.parametrize("guidance", [GUIDANCE, 1.0])
 def test_same_schedule_matches_pipeline_custom_sigmas(pipe, sampler, batch, guidance):
-    """(a) every row on one custom schedule == the pipeline's own call with those sigmas, with and without
-    CFG.""" _, x_T = batch
+    """(a) all rows on one custom schedule == the pipeline's own call with those sigmas, with/without CFG."""
+    _, x_T = batch
     cond = sampler.encode(PROMPTS, guidance_scale=guidance)
     sigmas = [1.0, 0.6, 0.25]
     times = torch.tensor(sigmas + [0.0]).expand(2, -1)  # the pipeline always ends at 0
@@ -143,8 +142,8 @@ def test_stopping_margin_matches_pipeline_state_at_t_L(pipe, sampler, batch):
 
 
 def test_default_schedule_reproduces_default_call(pipe, sampler, batch):
-    """(b) the pipeline's default schedule (shift=3) as tau == its default call (same generator, same
-    noise).""" cond, _ = batch
+    """(b) the pipeline's default schedule (shift=3) as tau == its default call (same generator)."""
+    cond, _ = batch
     num_steps = 3
     x_T = sampler.initial_noise(2, generator=torch.Generator().manual_seed(1))
     tau = flow_match_default_schedule(pipe.scheduler, num_steps)
@@ -164,8 +163,8 @@ def test_default_schedule_reproduces_default_call(pipe, sampler, batch):
 
 
 def test_rows_with_different_schedules_equal_rows_run_alone(sampler, batch):
-    """(c) one batched CFG denoise == each row separately, with exactly L transformer calls (cond + uncond in
-    one).""" cond, x_T = batch
+    """(c) one batched CFG denoise == each row alone, with L transformer calls (uncond + cond in one)."""
+    cond, x_T = batch
     times = torch.tensor([[1.0, 0.7, 0.3, 0.05], [1.0, 0.5, 0.2, 0.1]])
     batch_sizes = []
     handle = sampler.denoiser.register_forward_hook(lambda _m, _a, out: batch_sizes.append(out[0].shape[0]))

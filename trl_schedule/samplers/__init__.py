@@ -44,6 +44,7 @@ def sampler_for(pipe: Any, **kwargs: Any) -> ScheduleSampler:
             return sampler_cls(pipe, **kwargs)
     supported = sorted(name for sampler_cls in SAMPLERS for name in sampler_cls.pipeline_classes)
     raise ValueError(
-        f"No schedule sampler for {type(pipe).__name__}: supported pipelines are {', '.join(supported)}. Load one of "
-        "those (e.g. `FluxPipeline.from_pretrained(...)`) or write a ScheduleSampler subclass for your pipeline."
+        f"No schedule sampler for {type(pipe).__name__}: supported pipelines are {', '.join(supported)}. "
+        "Load one of those (e.g. `FluxPipeline.from_pretrained(...)`) or write a ScheduleSampler subclass "
+        "for your pipeline."
     )

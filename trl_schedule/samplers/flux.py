@@ -9,8 +9,7 @@ per step with a per-row timestep. With the same times in every row it equals the
 
 Flow matching maps the schedule's time to the model's noise level unshifted, ``sigma = t``
 (:func:`trl_schedule.schedules.flow_matching_sigmas`); the pipeline's resolution-dependent shift is one
-particular
-schedule (:func:`trl_schedule.schedules.flow_match_default_schedule`).
+particular schedule (:func:`trl_schedule.schedules.flow_match_default_schedule`).
 
 Also holds the flow-matching helpers SD3 shares: :func:`flow_match_euler_step` and :func:`check_rows`.
 """
@@ -31,8 +30,8 @@ def check_pipeline(sampler_cls: type[ScheduleSampler], pipeline: Any) -> None:
     if not names.intersection(sampler_cls.pipeline_classes):
         raise ValueError(
             f"{sampler_cls.__name__} drives {' / '.join(sampler_cls.pipeline_classes)}, got "
-            f"{type(pipeline).__name__}. Use `trl_schedule.samplers.sampler_for(pipeline)` to pick the sampler for "
-            "your pipeline."
+            f"{type(pipeline).__name__}. Use `trl_schedule.samplers.sampler_for(pipeline)` to pick the "
+            "sampler for your pipeline."
         )
 
 
@@ -47,8 +46,9 @@ def check_rows(x_T: torch.Tensor, cond: Conditioning, times: torch.Tensor) -> to
     batch = x_T.shape[0]
     if times.shape[0] != batch or len(cond) != batch:
         raise ValueError(
-            f"`times` has {times.shape[0]} rows and `cond` has {len(cond)}, but `x_T` has {batch}: pass one schedule "
-            "and one conditioning row per noise row (use `cond.repeat_interleave(k)` for k rollouts per prompt)."
+            f"`times` has {times.shape[0]} rows and `cond` has {len(cond)}, but `x_T` has {batch}: pass one "
+            "schedule and one conditioning row per noise row (use `cond.repeat_interleave(k)` for k rollouts "
+            "per prompt)."
         )
     return times
 
@@ -80,8 +80,7 @@ class FluxScheduleSampler(ScheduleSampler):
 
     Per-call settings live on the sampler (constructor arguments, plain attributes you may change) and can be
     overridden per :meth:`encode` call; what :meth:`denoise` needs per row travels in the
-    :class:`Conditioning`
-    (so `cond.repeat_interleave(k)` / `cond.index(rows)` keep everything aligned).
+    :class:`Conditioning` (so `cond.repeat_interleave(k)` / `cond.index(rows)` keep everything aligned).
 
     Args:
         pipeline (`diffusers.FluxPipeline`): the pipeline, never modified.
@@ -131,8 +130,8 @@ class FluxScheduleSampler(ScheduleSampler):
         p = self._patch_pixels
         if height % p or width % p or height <= 0 or width <= 0:
             raise ValueError(
-                f"height={height}, width={width}: Flux packs 2x2 latent patches, so both must be positive multiples of "
-                f"2 * vae_scale_factor = {p} px (the pipeline would silently crop). Pass e.g. "
+                f"height={height}, width={width}: Flux packs 2x2 latent patches, so both must be positive "
+                f"multiples of 2 * vae_scale_factor = {p} px (the pipeline would silently crop). Pass e.g. "
                 f"height={max(p, height // p * p)}, width={max(p, width // p * p)}."
             )
         return int(height), int(width)
@@ -167,8 +166,8 @@ class FluxScheduleSampler(ScheduleSampler):
         """
         if negative_prompt is not None:
             raise ValueError(
-                f"negative_prompt={negative_prompt!r}: FluxScheduleSampler runs Flux without true CFG (Flux is "
-                "guidance-distilled). Pass negative_prompt=None and use `guidance_scale` (FLUX.1-dev)."
+                f"negative_prompt={negative_prompt!r}: FluxScheduleSampler runs Flux without true CFG (Flux "
+                "is guidance-distilled). Pass negative_prompt=None and use `guidance_scale` (FLUX.1-dev)."
             )
         prompts = _check_prompts(prompts)
         msl = self.max_sequence_length if max_sequence_length is None else max_sequence_length
@@ -252,8 +251,8 @@ class FluxScheduleSampler(ScheduleSampler):
         h, w = height // pipe.vae_scale_factor, width // pipe.vae_scale_factor
         if x_T.ndim != 3 or x_T.shape[1] != (h // 2) * (w // 2):
             raise ValueError(
-                f"`x_T` has shape {tuple(x_T.shape)}, but packed Flux latents of a {height}x{width} image have shape "
-                f"(B, {(h // 2) * (w // 2)}, C*4). Pass height/width matching `initial_noise`."
+                f"`x_T` has shape {tuple(x_T.shape)}, but packed Flux latents of a {height}x{width} image "
+                f"have shape (B, {(h // 2) * (w // 2)}, C*4). Pass height/width matching `initial_noise`."
             )
         guidance = None
         if transformer.config.guidance_embeds:
@@ -309,8 +308,8 @@ class FluxScheduleSampler(ScheduleSampler):
         seq = (height // self._patch_pixels) * (width // self._patch_pixels)
         if packed.ndim != 3 or packed.shape[1] != seq:
             raise ValueError(
-                f"packed latents have shape {tuple(packed.shape)}, but a {height}x{width} Flux image has (B, {seq}, "
-                "C*4). Pass the height/width used for `initial_noise`."
+                f"packed latents have shape {tuple(packed.shape)}, but a {height}x{width} Flux image has "
+                f"(B, {seq}, C*4). Pass the height/width used for `initial_noise`."
             )
         return self.pipeline._unpack_latents(packed, height, width, self.pipeline.vae_scale_factor)
 
@@ -324,8 +323,9 @@ def _check_prompts(prompts: list[str] | str) -> list[str]:
 
 
 def _vae_decode(pipeline: Any, latents: torch.Tensor) -> torch.Tensor:
-    """Spatial latents `(B, C, h, w)` -> images `(B, 3, H, W)` float32 in [0, 1], as Flux/SD3 pipelines
-    decode.""" vae = pipeline.vae
+    """Spatial latents `(B, C, h, w)` -> images `(B, 3, H, W)` float32 in [0, 1], as Flux/SD3
+    pipelines decode."""
+    vae = pipeline.vae
     with torch.no_grad():
         latents = latents / vae.config.scaling_factor + vae.config.shift_factor
         image = vae.decode(latents.to(device=vae.device, dtype=vae.dtype), return_dict=False)[0]

@@ -68,9 +68,9 @@ class SD3ScheduleSampler(ScheduleSampler):
         p = self.pipeline.vae_scale_factor * self.denoiser.config.patch_size
         if height % p or width % p or height <= 0 or width <= 0:
             raise ValueError(
-                f"height={height}, width={width}: SD3 patchifies the latent, so both must be positive multiples of "
-                f"vae_scale_factor * patch_size = {p} px. Pass e.g. height={max(p, height // p * p)}, "
-                f"width={max(p, width // p * p)}."
+                f"height={height}, width={width}: SD3 patchifies the latent, so both must be positive "
+                f"multiples of vae_scale_factor * patch_size = {p} px. Pass e.g. "
+                f"height={max(p, height // p * p)}, width={max(p, width // p * p)}."
             )
         return int(height), int(width)
 
@@ -198,14 +198,14 @@ class SD3ScheduleSampler(ScheduleSampler):
         check_rows(x_T, cond, times)
         if x_T.ndim != 4 or x_T.shape[1] != self.denoiser.config.in_channels:
             raise ValueError(
-                f"`x_T` has shape {tuple(x_T.shape)}, expected (B, {self.denoiser.config.in_channels}, h, w) from "
-                "`initial_noise`."
+                f"`x_T` has shape {tuple(x_T.shape)}, expected (B, {self.denoiser.config.in_channels}, h, w) "
+                "from `initial_noise`."
             )
         cfg = cond.negative_text_states is not None
         if cfg and (cond.negative_pooled is None or "guidance_scale" not in cond.extras):
             raise ValueError(
-                "`cond` has `negative_text_states` but no `negative_pooled` or `extras['guidance_scale']`: build it "
-                "with this sampler's `encode`."
+                "`cond` has `negative_text_states` but no `negative_pooled` or `extras['guidance_scale']`: "
+                "build it with this sampler's `encode`."
             )
         device, dtype, transformer = self.device, self.dtype, self.denoiser
         num_train = self.pipeline.scheduler.config.num_train_timesteps
@@ -235,8 +235,7 @@ class SD3ScheduleSampler(ScheduleSampler):
                 )[0]
                 if cfg:
                     uncond, text = velocity.chunk(2)
-                    # the pipeline multiplies by a Python float: computed in float32, rounded once to the
-                    # dtype
+                    # as the pipeline's Python-float product: computed in float32, rounded once
                     velocity = uncond + (scale * (text - uncond).to(torch.float32)).to(uncond.dtype)
                 latents = flow_match_euler_step(latents, velocity, sigma, sigma_next)
         return latents
