@@ -204,7 +204,7 @@ def run(args) -> list[dict]:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor()})"
-    command = "python " + " ".join(sys.argv)
+    command = "python benchmarks/sampler_overhead.py " + " ".join(args.argv)
     header = [
         "# Sampler overhead: per-row schedules vs bare model calls vs diffusers' loop",
         "",
@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--tiny", action="store_true", help="tiny pipelines on CPU (smoke test)")
     parser.add_argument("--out", default="benchmarks/results/sampler_overhead.md")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.tiny and argv is None and "--steps" not in sys.argv:
         args.steps, args.batch = [2], [2]
     return run(args)
