@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from ..schedules import validate_times
+
 
 @dataclass
 class Conditioning:
@@ -74,19 +76,81 @@ class Conditioning:
         return self._map(lambda t: t.to(*args, **kwargs))
 
 
+def check_prompts(prompts: list[str] | str) -> list[str]:
+    """`prompts` as a non-empty list of strings (a single string becomes a list of one)."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"`prompts` must be a non-empty list of strings, got {prompts!r}.")
+    return list(prompts)
+
+
+def check_rows(x_T: torch.Tensor, cond: Conditioning, times: torch.Tensor) -> torch.Tensor:
+    """Validate `times` (:func:`~trl_schedule.schedules.validate_times`) and that `x_T`, `cond` and `times`
+    have the same number of rows. Runs before the denoising loop (it reads tensor values on the host).
+
+    Returns:
+        `times`, unchanged.
+    """
+    validate_times(times, name="times")
+    batch = x_T.shape[0]
+    if times.shape[0] != batch or len(cond) != batch:
+        raise ValueError(
+            f"`times` has {times.shape[0]} rows and `cond` has {len(cond)}, but `x_T` has {batch}: pass one "
+            "schedule and one conditioning row per noise row (use `cond.repeat_interleave(k)` for k rollouts "
+            "per prompt)."
+        )
+    return times
+
+
 class ScheduleSampler(ABC):
     """A frozen diffusers pipeline driven with one schedule per row.
 
-    Subclasses set `family` (a short name used in errors and model cards) and `pipeline_classes` (the
-    diffusers pipeline class names they accept; :func:`trl_schedule.samplers.sampler_for` dispatches on it).
+    Subclasses set `family` (a short name used in errors and model cards), `pipeline_classes` (the diffusers
+    pipeline class names they accept; :func:`trl_schedule.samplers.sampler_for` dispatches on it) and
+    `size_rule` (why image sizes must be multiples of :attr:`size_multiple`, for the error message).
     The wrapped pipeline is never modified: its modules are only called in eval mode without gradients.
+
+    Args:
+        pipeline: the diffusers pipeline.
+        height, width (`int`, *optional*): image size in pixels, multiples of :attr:`size_multiple`; default the
+            pipeline's (`default_sample_size * vae_scale_factor`). :meth:`initial_noise` updates them when
+            given, and the other methods default to them.
     """
 
     family: str = ""
     pipeline_classes: tuple[str, ...] = ()
+    size_rule: str = "both must be positive multiples of vae_scale_factor"
 
-    def __init__(self, pipeline: Any):
+    def __init__(self, pipeline: Any, height: int | None = None, width: int | None = None):
+        names = {cls.__name__ for cls in type(pipeline).__mro__}
+        if not names.intersection(self.pipeline_classes):
+            raise ValueError(
+                f"{type(self).__name__} drives {' / '.join(self.pipeline_classes)}, got "
+                f"{type(pipeline).__name__}. Use `trl_schedule.samplers.sampler_for(pipeline)` to pick the "
+                "sampler for your pipeline."
+            )
         self.pipeline = pipeline
+        default = pipeline.default_sample_size * pipeline.vae_scale_factor
+        self.height, self.width = self._check_size(height or default, width or default)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sizes (pixels) must be multiples of this."""
+        return self.pipeline.vae_scale_factor
+
+    def _check_size(self, height: int, width: int) -> tuple[int, int]:
+        p = self.size_multiple
+        if height % p or width % p or height <= 0 or width <= 0:
+            raise ValueError(
+                f"height={height}, width={width}: {self.size_rule} = {p} px. Pass e.g. "
+                f"height={max(p, height // p * p)}, width={max(p, width // p * p)}."
+            )
+        return int(height), int(width)
+
+    def _size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        """`height`/`width` or the sampler's defaults, checked."""
+        return self._check_size(height or self.height, width or self.width)
 
     @property
     def device(self) -> torch.device:

@@ -11,7 +11,7 @@ Flow matching maps the schedule's time to the model's noise level unshifted, ``s
 (:func:`trl_schedule.schedules.flow_matching_sigmas`); the pipeline's resolution-dependent shift is one
 particular schedule (:func:`trl_schedule.schedules.flow_match_default_schedule`).
 
-Also holds the flow-matching helpers SD3 shares: :func:`flow_match_euler_step` and :func:`check_rows`.
+Also holds the flow-matching helpers SD3 shares: :func:`flow_match_euler_step` and the VAE decode.
 """
 
 from __future__ import annotations
@@ -20,37 +20,8 @@ from typing import Any
 
 import torch
 
-from ..schedules import flow_matching_sigmas, validate_times
-from .base import Conditioning, ScheduleSampler
-
-
-def check_pipeline(sampler_cls: type[ScheduleSampler], pipeline: Any) -> None:
-    """Raise a ValueError unless `pipeline` is (a subclass of) one of `sampler_cls.pipeline_classes`."""
-    names = {cls.__name__ for cls in type(pipeline).__mro__}
-    if not names.intersection(sampler_cls.pipeline_classes):
-        raise ValueError(
-            f"{sampler_cls.__name__} drives {' / '.join(sampler_cls.pipeline_classes)}, got "
-            f"{type(pipeline).__name__}. Use `trl_schedule.samplers.sampler_for(pipeline)` to pick the "
-            "sampler for your pipeline."
-        )
-
-
-def check_rows(x_T: torch.Tensor, cond: Conditioning, times: torch.Tensor) -> torch.Tensor:
-    """Validate `times` (:func:`~trl_schedule.schedules.validate_times`) and that `x_T`, `cond` and `times`
-    have the same number of rows. Runs before the denoising loop (it reads tensor values on the host).
-
-    Returns:
-        `times`, unchanged.
-    """
-    validate_times(times, name="times")
-    batch = x_T.shape[0]
-    if times.shape[0] != batch or len(cond) != batch:
-        raise ValueError(
-            f"`times` has {times.shape[0]} rows and `cond` has {len(cond)}, but `x_T` has {batch}: pass one "
-            "schedule and one conditioning row per noise row (use `cond.repeat_interleave(k)` for k rollouts "
-            "per prompt)."
-        )
-    return times
+from ..schedules import flow_matching_sigmas
+from .base import Conditioning, ScheduleSampler, check_prompts, check_rows
 
 
 def flow_match_euler_step(
@@ -111,33 +82,22 @@ class FluxScheduleSampler(ScheduleSampler):
         height: int | None = None,
         width: int | None = None,
     ):
-        check_pipeline(type(self), pipeline)
-        super().__init__(pipeline)
+        super().__init__(pipeline, height, width)
         self.guidance_scale = guidance_scale
         self.max_sequence_length = max_sequence_length
-        default = pipeline.default_sample_size * pipeline.vae_scale_factor
-        self.height, self.width = self._check_size(height or default, width or default)
 
     @property
     def denoiser(self) -> torch.nn.Module:
         return self.pipeline.transformer
 
+    size_rule = (
+        "Flux packs 2x2 latent patches, so both must be positive multiples of 2 * vae_scale_factor (the "
+        "pipeline would silently crop)"
+    )
+
     @property
-    def _patch_pixels(self) -> int:
+    def size_multiple(self) -> int:
         return self.pipeline.vae_scale_factor * 2
-
-    def _check_size(self, height: int, width: int) -> tuple[int, int]:
-        p = self._patch_pixels
-        if height % p or width % p or height <= 0 or width <= 0:
-            raise ValueError(
-                f"height={height}, width={width}: Flux packs 2x2 latent patches, so both must be positive "
-                f"multiples of 2 * vae_scale_factor = {p} px (the pipeline would silently crop). Pass e.g. "
-                f"height={max(p, height // p * p)}, width={max(p, width // p * p)}."
-            )
-        return int(height), int(width)
-
-    def _size(self, height: int | None, width: int | None) -> tuple[int, int]:
-        return self._check_size(height or self.height, width or self.width)
 
     # ----------------------------------------------------------------------------------------------------
     # contract
@@ -169,7 +129,7 @@ class FluxScheduleSampler(ScheduleSampler):
                 f"negative_prompt={negative_prompt!r}: FluxScheduleSampler runs Flux without true CFG (Flux "
                 "is guidance-distilled). Pass negative_prompt=None and use `guidance_scale` (FLUX.1-dev)."
             )
-        prompts = _check_prompts(prompts)
+        prompts = check_prompts(prompts)
         msl = self.max_sequence_length if max_sequence_length is None else max_sequence_length
         pipe = self.pipeline
         with torch.no_grad():
@@ -305,21 +265,13 @@ class FluxScheduleSampler(ScheduleSampler):
 
     def _unpack(self, packed: torch.Tensor, height: int | None, width: int | None) -> torch.Tensor:
         height, width = self._size(height, width)
-        seq = (height // self._patch_pixels) * (width // self._patch_pixels)
+        seq = (height // self.size_multiple) * (width // self.size_multiple)
         if packed.ndim != 3 or packed.shape[1] != seq:
             raise ValueError(
                 f"packed latents have shape {tuple(packed.shape)}, but a {height}x{width} Flux image has "
                 f"(B, {seq}, C*4). Pass the height/width used for `initial_noise`."
             )
         return self.pipeline._unpack_latents(packed, height, width, self.pipeline.vae_scale_factor)
-
-
-def _check_prompts(prompts: list[str] | str) -> list[str]:
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ValueError(f"`prompts` must be a non-empty list of strings, got {prompts!r}.")
-    return list(prompts)
 
 
 def _vae_decode(pipeline: Any, latents: torch.Tensor) -> torch.Tensor:

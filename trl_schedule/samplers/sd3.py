@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from ..schedules import flow_matching_sigmas
-from .base import Conditioning, ScheduleSampler
-from .flux import _check_prompts, _vae_decode, check_pipeline, check_rows, flow_match_euler_step
+from .base import Conditioning, ScheduleSampler, check_prompts, check_rows
+from .flux import _vae_decode, flow_match_euler_step
 
 
 class SD3ScheduleSampler(ScheduleSampler):
@@ -52,30 +52,22 @@ class SD3ScheduleSampler(ScheduleSampler):
         height: int | None = None,
         width: int | None = None,
     ):
-        check_pipeline(type(self), pipeline)
-        super().__init__(pipeline)
+        super().__init__(pipeline, height, width)
         self.guidance_scale = guidance_scale
         self.negative_prompt = negative_prompt
         self.max_sequence_length = max_sequence_length
-        default = pipeline.default_sample_size * pipeline.vae_scale_factor
-        self.height, self.width = self._check_size(height or default, width or default)
 
     @property
     def denoiser(self) -> torch.nn.Module:
         return self.pipeline.transformer
 
-    def _check_size(self, height: int, width: int) -> tuple[int, int]:
-        p = self.pipeline.vae_scale_factor * self.denoiser.config.patch_size
-        if height % p or width % p or height <= 0 or width <= 0:
-            raise ValueError(
-                f"height={height}, width={width}: SD3 patchifies the latent, so both must be positive "
-                f"multiples of vae_scale_factor * patch_size = {p} px. Pass e.g. "
-                f"height={max(p, height // p * p)}, width={max(p, width // p * p)}."
-            )
-        return int(height), int(width)
+    size_rule = (
+        "SD3 patchifies the latent, so both must be positive multiples of vae_scale_factor * patch_size"
+    )
 
-    def _size(self, height: int | None, width: int | None) -> tuple[int, int]:
-        return self._check_size(height or self.height, width or self.width)
+    @property
+    def size_multiple(self) -> int:
+        return self.pipeline.vae_scale_factor * self.denoiser.config.patch_size
 
     # ----------------------------------------------------------------------------------------------------
 
@@ -102,7 +94,7 @@ class SD3ScheduleSampler(ScheduleSampler):
             transformer attends to every token as the pipeline does), `pooled` `(B, P)`, and with CFG
             `negative_text_states`, `negative_pooled` and `extras["guidance_scale"]` `(B,)` float32.
         """
-        prompts = _check_prompts(prompts)
+        prompts = check_prompts(prompts)
         scale = float(self.guidance_scale if guidance_scale is None else guidance_scale)
         negative = self.negative_prompt if negative_prompt is None else negative_prompt
         msl = self.max_sequence_length if max_sequence_length is None else max_sequence_length

@@ -40,8 +40,7 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..schedules import sdxl_sigmas, sdxl_timesteps
-from .base import Conditioning, ScheduleSampler
-from .flux import _check_prompts, check_pipeline, check_rows
+from .base import Conditioning, ScheduleSampler, check_prompts, check_rows
 
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "original_sample")
 
@@ -92,8 +91,7 @@ class SDXLScheduleSampler(ScheduleSampler):
         height: int | None = None,
         width: int | None = None,
     ):
-        check_pipeline(type(self), pipeline)
-        super().__init__(pipeline)
+        super().__init__(pipeline, height, width)
         prediction_type = pipeline.scheduler.config.get("prediction_type", "epsilon")
         if prediction_type not in _PREDICTION_TYPES:
             raise ValueError(
@@ -111,8 +109,6 @@ class SDXLScheduleSampler(ScheduleSampler):
         self.guidance_scale = float(guidance_scale)
         self.guidance_rescale = float(guidance_rescale)
         self.negative_prompt = negative_prompt
-        default = pipeline.default_sample_size * pipeline.vae_scale_factor
-        self.height, self.width = self._check_size(height or default, width or default)
 
     # ------------------------------------------------------------------------------------------- properties
 
@@ -123,18 +119,6 @@ class SDXLScheduleSampler(ScheduleSampler):
     @property
     def scheduler(self) -> Any:
         return self.pipeline.scheduler
-
-    def _check_size(self, height: int, width: int) -> tuple[int, int]:
-        f = self.pipeline.vae_scale_factor
-        if height % f or width % f or height <= 0 or width <= 0:
-            raise ValueError(
-                f"height={height}, width={width}: both must be positive multiples of vae_scale_factor = "
-                f"{f} px. Pass e.g. height={max(f, height // f * f)}, width={max(f, width // f * f)}."
-            )
-        return int(height), int(width)
-
-    def _size(self, height: int | None, width: int | None) -> tuple[int, int]:
-        return self._check_size(height or self.height, width or self.width)
 
     def _text_dtype(self) -> torch.dtype:
         # The pipeline's prompt_embeds dtype, which it also draws the initial noise in.
@@ -172,7 +156,7 @@ class SDXLScheduleSampler(ScheduleSampler):
             `extras["negative_add_time_ids"]` `(B, 6)`.
         """
         pipe = self.pipeline
-        prompts = _check_prompts(prompts)
+        prompts = check_prompts(prompts)
         negative = self.negative_prompt if negative_prompt is None else negative_prompt
         if isinstance(negative, (list, tuple)) and len(negative) != len(prompts):
             raise ValueError(
