@@ -22,8 +22,25 @@ def test_tiny_run_writes_table(tmp_path, grid):
     bench = _load()
     out = tmp_path / "overhead.md"
     rows = bench.main(
-        ["--tiny", "--families", "flux", "sd3", "sdxl", "--steps", "2", "3", "--batch", "1", "2",
-         "--repeats", "1", "--grid", grid, "--out", str(out)]
+        [
+            "--tiny",
+            "--families",
+            "flux",
+            "sd3",
+            "sdxl",
+            "--steps",
+            "2",
+            "3",
+            "--batch",
+            "1",
+            "2",
+            "--repeats",
+            "1",
+            "--grid",
+            grid,
+            "--out",
+            str(out),
+        ]
     )
     cells = 4 if grid == "full" else 3  # cross: both L at the middle batch (2) + both batches at L=2
     assert len(rows) == 3 * cells
@@ -41,8 +58,11 @@ def test_full_size_configs_are_the_published_sizes():
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
 
     bench = _load()
-    expected = {"flux": (FluxTransformer2DModel, 11.9e9), "sd3": (SD3Transformer2DModel, 2.24e9),
-                "sdxl": (UNet2DConditionModel, 2.57e9)}
+    expected = {
+        "flux": (FluxTransformer2DModel, 11.9e9),
+        "sd3": (SD3Transformer2DModel, 2.24e9),
+        "sdxl": (UNet2DConditionModel, 2.57e9),
+    }
     for family, (cls, params) in expected.items():
         with torch.device("meta"):
             model = cls(**bench.FULL_CONFIGS[family])

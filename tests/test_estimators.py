@@ -294,7 +294,9 @@ def test_paper_baseline_depends_slightly_on_own_reward():
 @given(data=st.data(), method=st.sampled_from(list(ESTIMATORS)))
 def test_permutation_invariance(data, method):
     rewards, groups = _batch(data, min_groups=1)
-    perm = torch.randperm(len(rewards), generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99))))
+    perm = torch.randperm(
+        len(rewards), generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99)))
+    )
     relabel = torch.tensor(data.draw(st.permutations(range(100, 100 + int(groups.max()) + 1))))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -384,7 +386,11 @@ def test_batch_scaling():
         (torch.zeros(4), torch.zeros(3, dtype=torch.long), "4 rows but `group_ids` has 3"),
         (torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.long), "1-D"),
         (torch.zeros(4), torch.zeros(4), "integer"),
-        (torch.tensor([0.0, float("inf"), 1.0, -float("inf")]), torch.zeros(4, dtype=torch.long), r"row\(s\) 1, 3"),
+        (
+            torch.tensor([0.0, float("inf"), 1.0, -float("inf")]),
+            torch.zeros(4, dtype=torch.long),
+            r"row\(s\) 1, 3",
+        ),
     ],
 )
 def test_bad_input(rewards, groups, match):

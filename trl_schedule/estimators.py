@@ -258,9 +258,7 @@ def shrink(b_rloo: torch.Tensor, b_xctx: torch.Tensor, alpha: torch.Tensor) -> t
     return torch.where(undefined, torch.nan, rloo_part + xctx_part)
 
 
-def compute_advantages(
-    rewards: torch.Tensor, baselines: torch.Tensor, scale: Scale = "none"
-) -> torch.Tensor:
+def compute_advantages(rewards: torch.Tensor, baselines: torch.Tensor, scale: Scale = "none") -> torch.Tensor:
     """``rewards - baselines`` per row, 0 where either is NaN.
 
     Args:
@@ -284,11 +282,18 @@ def compute_advantages(
 def _fallback_to_own_reward(stats: GroupStatistics, baseline: torch.Tensor) -> torch.Tensor:
     """Scorable rows with no usable baseline get their own reward (advantage 0); unscorable rows NaN."""
     own = torch.where(stats.valid, stats.rewards, torch.nan)
-    return torch.where(stats.valid & torch.isnan(baseline), own, torch.where(stats.valid, baseline, torch.nan))
+    return torch.where(
+        stats.valid & torch.isnan(baseline), own, torch.where(stats.valid, baseline, torch.nan)
+    )
 
 
 def _finish(
-    stats: GroupStatistics, baseline: torch.Tensor, alpha: torch.Tensor, scale: Scale, out_dtype: torch.dtype, **extra
+    stats: GroupStatistics,
+    baseline: torch.Tensor,
+    alpha: torch.Tensor,
+    scale: Scale,
+    out_dtype: torch.dtype,
+    **extra,
 ) -> BaselineOutput:
     baseline = _fallback_to_own_reward(stats, baseline)
     r = torch.where(stats.valid, stats.rewards, torch.nan)
@@ -320,7 +325,9 @@ def rloo_baseline(rewards: torch.Tensor, group_ids: torch.Tensor, scale: Scale =
 
 
 @torch.no_grad()
-def cross_context_baseline(rewards: torch.Tensor, group_ids: torch.Tensor, scale: Scale = "none") -> BaselineOutput:
+def cross_context_baseline(
+    rewards: torch.Tensor, group_ids: torch.Tensor, scale: Scale = "none"
+) -> BaselineOutput:
     """The batch leave-one-out baseline: the mean of every other scorable reward in the batch (`alpha` = 1).
 
     Args:
@@ -437,7 +444,9 @@ def get_estimator(baseline):
     """An estimator from a name in :data:`ESTIMATORS` or any callable ``(rewards, group_ids) -> BaselineOutput``."""
     if isinstance(baseline, str):
         if baseline not in ESTIMATORS:
-            raise ValueError(f"Unknown baseline {baseline!r}; choose one of {sorted(ESTIMATORS)} or pass an estimator.")
+            raise ValueError(
+                f"Unknown baseline {baseline!r}; choose one of {sorted(ESTIMATORS)} or pass an estimator."
+            )
         return ESTIMATORS[baseline]()
     if not callable(baseline):
         raise ValueError(
