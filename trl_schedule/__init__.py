@@ -33,6 +33,13 @@ _LAZY = {
     "FluxScheduleSampler": "samplers",
     "SD3ScheduleSampler": "samplers",
     "SDXLScheduleSampler": "samplers",
+    "RewardFunction": "rewards",
+    "CLIPScoreReward": "rewards",
+    "HPSv2Reward": "rewards",
+    "as_reward_function": "rewards",
+    "combine_rewards": "rewards",
+    "ScheduleRLConfig": "schedule_rl_config",
+    "ScheduleRLTrainer": "schedule_rl_trainer",
 }
 
 __all__ = [
@@ -52,6 +59,13 @@ __all__ = [
     "FluxScheduleSampler",
     "SD3ScheduleSampler",
     "SDXLScheduleSampler",
+    "RewardFunction",
+    "CLIPScoreReward",
+    "HPSv2Reward",
+    "as_reward_function",
+    "combine_rewards",
+    "ScheduleRLConfig",
+    "ScheduleRLTrainer",
 ]
 
 
@@ -69,6 +83,9 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover
     from .policy import DirichletSchedulePolicy, DirichletSchedulePolicyConfig
+    from .rewards import CLIPScoreReward, HPSv2Reward, RewardFunction, as_reward_function, combine_rewards
     from .rloo import JSGRPOTrainer, JSRLOOTrainer
     from .samplers import FluxScheduleSampler, SD3ScheduleSampler, SDXLScheduleSampler, sampler_for
+    from .schedule_rl_config import ScheduleRLConfig
+    from .schedule_rl_trainer import ScheduleRLTrainer
     from .scheduled_pipeline import ScheduledPipeline
