@@ -1,0 +1,472 @@
+"""ScheduleRLTrainer / ScheduleRLConfig on tiny pipelines of every family (CPU, 32x32 px, L=3, K=2, B=3).
+
+Reliability (resume, SIGTERM, 2 processes) is in `test_schedule_rl_reliability.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trl_schedule.estimators import CrossContextBaseline, JamesSteinBaseline, RLOOBaseline
+from trl_schedule.policy import DirichletSchedulePolicy
+from trl_schedule.samplers.tiny import tiny_pipeline
+from trl_schedule.schedule_rl_config import ScheduleRLConfig
+from trl_schedule.schedule_rl_trainer import ScheduleRLTrainer
+from trl_schedule.scheduled_pipeline import ScheduledPipeline
+from trl_schedule.schedules import flow_match_default_schedule
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _schedule_rl_two_process import (  # noqa: E402
+    RecordingTrainer,
+    contrast,
+    prompt_dataset,
+    prompt_pattern,
+    tiny_args,
+    tiny_policy_config,
+)
+
+FAMILIES = ("flux", "sd3", "sdxl")
+MISSING_PIPELINE = "/nonexistent/pipeline"  # loading it would fail: errors raised first prove the order
+
+
+@pytest.fixture(autouse=True)
+def _no_telemetry(monkeypatch):
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    return {family: tiny_pipeline(family) for family in FAMILIES}
+
+
+def _pipeline_state(pipe) -> dict[str, torch.Tensor]:
+    return {
+        f"{name}.{key}": value.detach().clone()
+        for name, module in pipe.components.items()
+        if isinstance(module, torch.nn.Module)
+        for key, value in module.state_dict().items()
+    }
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_step_run_trains_only_the_policy(pipes, family, tmp_path):
+    """2 steps: every policy parameter moves, the frozen pipeline's do not (and stay frozen, in eval mode);
+    the advantages in the loss are exactly the estimator applied to the step's rewards and group ids."""
+    pipe = pipes[family]
+    before_pipe = _pipeline_state(pipe)
+    args = tiny_args(tmp_path, family, log_images_steps=1)
+    trainer = RecordingTrainer(
+        pipeline=pipe,
+        policy=tiny_policy_config(family),
+        reward_funcs=contrast,
+        args=args,
+        train_dataset=prompt_dataset(),
+    )
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+
+    for key, value in trainer.model.state_dict().items():
+        assert not torch.equal(before[key], value), f"policy parameter {key} did not change"
+    after_pipe = _pipeline_state(pipe)
+    assert all(torch.equal(before_pipe[k], after_pipe[k]) for k in before_pipe)
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            assert not module.training
+            assert not any(p.requires_grad for p in module.parameters())
+
+    assert len(trainer.records) == 2
+    for record in trainer.records:
+        rewards = torch.tensor(record["rewards"])
+        group_ids = torch.tensor(record["group_ids"])
+        assert group_ids.tolist() == [0, 0, 1, 1, 2, 2]
+        assert record["loss_rewards"] == record["rewards"]  # one process: the local batch is the global one
+        expected = JamesSteinBaseline()(rewards, group_ids).advantages
+        torch.testing.assert_close(torch.tensor(record["loss_advantages"]), expected, rtol=0, atol=0)
+        assert rewards.std() > 0  # different schedules of one context give different images
+    # the two steps draw different noise and schedules
+    assert trainer.records[0]["rewards"] != trainer.records[1]["rewards"]
+
+    logs = trainer.state.log_history[0]
+    for key in (
+        "loss",
+        "reward",
+        "reward_std",
+        "rewards/contrast/mean",
+        "baseline/alpha",
+        "baseline/sigma2",
+        "baseline/delta2",
+        "policy/entropy",
+        "schedule/tau_1",
+        "schedule/tau_4",
+        "schedule/stopping_margin",
+        "timing/policy",
+        "timing/sampling",
+        "timing/decode",
+        "timing/reward",
+        "timing/update",
+    ):
+        assert key in logs, key
+    assert logs["reward"] == pytest.approx(
+        torch.tensor(trainer.records[0]["rewards"]).mean().item(), rel=1e-6
+    )
+    mean_tau = sum(logs[f"schedule/tau_{i}"] for i in range(1, 5))
+    assert mean_tau == pytest.approx(1.0, abs=1e-5)
+    for step in (0, 1):
+        assert (tmp_path / "images" / f"step_{step:06d}.png").is_file()
+        assert (tmp_path / "schedules" / f"step_{step:06d}.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("baseline", "expected_cls"),
+    [
+        ("james_stein", JamesSteinBaseline),
+        ("james_stein_loo", JamesSteinBaseline),
+        ("rloo", RLOOBaseline),
+        ("cross_context", CrossContextBaseline),
+        (RLOOBaseline(), RLOOBaseline),
+    ],
+)
+def test_baseline_by_name_or_object(pipes, baseline, expected_cls, tmp_path):
+    trainer = ScheduleRLTrainer(
+        pipeline=pipes["flux"],
+        policy=tiny_policy_config(),
+        reward_funcs=contrast,
+        args=tiny_args(tmp_path),
+        train_dataset=prompt_dataset(),
+        baseline=baseline,
+    )
+    assert isinstance(trainer.estimator, expected_cls)
+    if baseline == "james_stein_loo":
+        assert trainer.estimator.variant == "loo"
+
+
+def test_rloo_object_and_two_weighted_rewards(pipes, tmp_path):
+    """An estimator object overrides args.baseline; two reward functions are combined with their weights."""
+    calls = []
+
+    def recorded_pattern(images, prompts, **kwargs):
+        calls.append(kwargs)
+        return prompt_pattern(images, prompts)
+
+    trainer = RecordingTrainer(
+        pipeline=pipes["sd3"],
+        policy=tiny_policy_config("sd3"),
+        reward_funcs=[contrast, recorded_pattern],
+        reward_weights=[2.0, -0.5],
+        args=tiny_args(tmp_path, "sd3", baseline="james_stein"),
+        train_dataset=prompt_dataset(),
+        baseline=RLOOBaseline(),
+    )
+    trainer.train()
+    record = trainer.records[0]
+    rewards = torch.tensor(record["rewards"])
+    adv = torch.tensor(record["loss_advantages"])
+    # RLOO with K=2: each rollout's baseline is the other rollout of its context
+    torch.testing.assert_close(adv, rewards - rewards.view(3, 2).flip(1).reshape(-1))
+    logs = trainer.state.log_history[0]
+    combined = 2.0 * logs["rewards/contrast/mean"] - 0.5 * logs["rewards/recorded_pattern/mean"]
+    assert logs["reward"] == pytest.approx(combined, rel=1e-5)
+    assert calls[0]["tag"] and len(calls[0]["tag"]) == 6  # extra dataset columns, one value per image
+
+
+def test_gradient_accumulation_draws_fresh_rollouts_per_micro_batch(pipes, tmp_path):
+    """Each micro-batch of a step gets its own contexts, noise and schedules (seeded by its index)."""
+    trainer = RecordingTrainer(
+        pipeline=pipes["flux"],
+        policy=tiny_policy_config(),
+        reward_funcs=contrast,
+        args=tiny_args(tmp_path, gradient_accumulation_steps=2, max_steps=1),
+        train_dataset=prompt_dataset(),
+    )
+    trainer.train()
+    assert trainer.state.global_step == 1 and len(trainer.records) == 2
+    assert trainer.records[0]["rewards"] != trainer.records[1]["rewards"]
+
+
+def test_evaluate_and_eval_strategy(pipes, tmp_path):
+    """evaluate() compares the learned (mode), default and uniform schedules on fixed seeds: deterministic."""
+    args = tiny_args(tmp_path, eval_strategy="steps", eval_steps=2)
+    trainer = ScheduleRLTrainer(
+        pipeline=pipes["flux"],
+        policy=tiny_policy_config(),
+        reward_funcs=contrast,
+        args=args,
+        train_dataset=prompt_dataset(),
+        eval_dataset=prompt_dataset(5),
+    )
+    trainer.train()
+    evals = [log for log in trainer.state.log_history if "eval_reward_learned" in log]
+    assert len(evals) == 1 and evals[0]["step"] == 2
+    metrics = trainer.evaluate()
+    for key in ("eval_reward_learned", "eval_reward_default", "eval_reward_uniform"):
+        assert torch.isfinite(torch.tensor(metrics[key])), key
+    assert metrics == trainer.evaluate()  # fixed seeds
+    assert metrics["eval_reward_learned"] == pytest.approx(evals[0]["eval_reward_learned"])
+    assert trainer.model.training  # evaluate() restores train mode
+
+
+def test_save_model_round_trip(pipes, tmp_path):
+    pipe = pipes["sdxl"]
+    trainer = ScheduleRLTrainer(
+        pipeline=pipe,
+        policy=tiny_policy_config("sdxl"),
+        reward_funcs=contrast,
+        args=tiny_args(tmp_path / "run", "sdxl"),
+        train_dataset=prompt_dataset(),
+    )
+    trainer.train()
+    out = tmp_path / "policy"
+    trainer.save_model(str(out))
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in out.iterdir()}
+    card = (out / "README.md").read_text()
+    assert "ScheduledPipeline.from_pretrained" in card and "2511.22177" in card and "contrast" in card
+
+    loaded = DirichletSchedulePolicy.from_pretrained(out)
+    trained = trainer.model.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in loaded.state_dict().items())
+
+    scheduled = ScheduledPipeline.from_pretrained(pipe, str(out))
+    generator = torch.Generator().manual_seed(0)
+    result = scheduled(["a red cube"], generator=generator, height=32, width=32, return_schedule=True)
+    assert result.images.shape == (1, 3, 32, 32)
+    x_T = trainer.sampler.initial_noise(1, generator=torch.Generator().manual_seed(0), height=32, width=32)
+    inputs = trainer.sampler.policy_inputs(x_T, trainer.sampler.encode(["a red cube"]))
+    with torch.no_grad():
+        torch.testing.assert_close(result.concentrations, trainer.model.eval()(**inputs))
+
+
+def test_default_policy_is_sized_from_the_sampler(pipes, tmp_path):
+    """policy=None builds a policy whose input widths come from the sampler; policy_init='default' starts
+    every instance at the pipeline's own schedule."""
+    trainer = ScheduleRLTrainer(
+        pipeline=pipes["flux"],
+        reward_funcs=contrast,
+        args=tiny_args(tmp_path, policy_init="default"),
+        train_dataset=prompt_dataset(),
+    )
+    config = trainer.model.config
+    assert (config.num_steps, config.latent_channels, config.text_dim, config.pooled_dim) == (3, 4, 32, 32)
+    expected = flow_match_default_schedule(pipes["flux"].scheduler, 3, trainer._image_seq_len())
+    torch.testing.assert_close(torch.tensor(config.init_schedule, dtype=torch.float64), expected)
+
+
+def test_dataset_from_a_local_file(pipes, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"text": f"prompt {i}"}) + "\n" for i in range(4)))
+    trainer = ScheduleRLTrainer(
+        pipeline=pipes["flux"],
+        policy=tiny_policy_config(),
+        reward_funcs=contrast,
+        args=tiny_args(tmp_path, prompt_column="text"),
+        train_dataset=str(path),
+    )
+    assert trainer.train_dataset["text"] == [f"prompt {i}" for i in range(4)]
+
+
+def test_telemetry_with_ci_unset(pipes, tmp_path, monkeypatch):
+    """TRL's `_send_telemetry` reads `model.config.model_type` when CI is unset: the policy must have one."""
+    import trl.trainer.base_trainer as base_trainer
+
+    sent = []
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setattr(base_trainer, "send_telemetry", lambda **kwargs: sent.append(kwargs))
+    ScheduleRLTrainer(
+        pipeline=pipes["flux"],
+        policy=tiny_policy_config(),
+        reward_funcs=contrast,
+        args=tiny_args(tmp_path),
+        train_dataset=prompt_dataset(),
+    )
+    assert len(sent) == 1 and sent[0]["user_agent"]["model_arch"] == "other"
+
+
+# ------------------------------------------------------------------------------------------------ bad inputs
+
+
+@pytest.mark.parametrize(
+    ("dataset", "overrides", "match"),
+    [
+        (prompt_dataset().rename_column("prompt", "caption"), {}, "no column 'prompt'"),
+        (prompt_dataset().select([]), {}, "is empty"),
+        (
+            prompt_dataset(3).map(
+                lambda r, i: {"prompt": "  " if i == 1 else r["prompt"]}, with_indices=True
+            ),
+            {},
+            "row 1",
+        ),
+        (prompt_dataset(2), {}, "fewer than one step"),
+    ],
+)
+def test_bad_datasets_fail_before_loading_the_pipeline(dataset, overrides, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        ScheduleRLTrainer(
+            pipeline=MISSING_PIPELINE,
+            reward_funcs=contrast,
+            args=tiny_args(tmp_path, **overrides),
+            train_dataset=dataset,
+        )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"num_rollouts": 1, "baseline": "rloo"}, "num_rollouts"),
+        ({"num_rollouts": 1}, "num_rollouts"),  # james_stein with K=1 is cross_context: refused
+        ({"baseline": "js"}, "baseline"),
+        ({"num_steps": 0}, "num_steps"),
+        ({"policy_init": "shifted"}, "policy_init"),
+        ({"init_concentration": -1.0}, "init_concentration"),
+        ({"height": 0}, "height"),
+        ({"torch_dtype": "float8"}, "torch_dtype"),
+    ],
+)
+def test_bad_config(overrides, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        tiny_args(tmp_path, **overrides)
+
+
+def test_one_rollout_is_allowed_only_with_cross_context(pipes, tmp_path):
+    args = tiny_args(tmp_path, num_rollouts=1, baseline="cross_context")
+    with pytest.raises(ValueError, match="num_rollouts"):  # an estimator object that needs K >= 2
+        ScheduleRLTrainer(
+            pipeline=MISSING_PIPELINE,
+            reward_funcs=contrast,
+            args=args,
+            train_dataset=prompt_dataset(),
+            baseline=JamesSteinBaseline(),
+        )
+    trainer = RecordingTrainer(
+        pipeline=pipes["flux"],
+        policy=tiny_policy_config(),
+        reward_funcs=contrast,
+        args=args,
+        train_dataset=prompt_dataset(),
+    )
+    trainer.train()
+    rewards = torch.tensor(trainer.records[0]["rewards"])
+    assert rewards.shape == (3,)
+    torch.testing.assert_close(
+        torch.tensor(trainer.records[0]["loss_advantages"]), rewards - (rewards.sum() - rewards) / 2
+    )
+
+
+def test_bad_rewards_fail_early(pipes, tmp_path):
+    with pytest.raises(ValueError, match="reward_weights"):
+        ScheduleRLTrainer(
+            pipeline=MISSING_PIPELINE,
+            reward_funcs=[contrast, prompt_pattern],
+            reward_weights=[1.0],
+            args=tiny_args(tmp_path),
+            train_dataset=prompt_dataset(),
+        )
+    with pytest.raises(ValueError, match="callable"):
+        ScheduleRLTrainer(
+            pipeline=MISSING_PIPELINE,
+            reward_funcs=[contrast, 3],
+            args=tiny_args(tmp_path),
+            train_dataset=prompt_dataset(),
+        )
+
+    def per_pixel(images, prompts, **kwargs):
+        return images.mean(dim=1)  # (N, H, W): wrong shape
+
+    trainer = ScheduleRLTrainer(
+        pipeline=pipes["flux"],
+        policy=tiny_policy_config(),
+        reward_funcs=per_pixel,
+        args=tiny_args(tmp_path),
+        train_dataset=prompt_dataset(),
+    )
+    with pytest.raises(ValueError, match="per_pixel.*shape"):
+        trainer.train()
+
+
+def test_policy_that_does_not_fit(pipes, tmp_path):
+    with pytest.raises(ValueError, match="num_steps=2.*num_steps`=3"):
+        ScheduleRLTrainer(
+            pipeline=pipes["flux"],
+            policy=tiny_policy_config(num_steps=2),
+            reward_funcs=contrast,
+            args=tiny_args(tmp_path),
+            train_dataset=prompt_dataset(),
+        )
+    with pytest.raises(ValueError, match="text_dim=32.*gives 64"):
+        ScheduleRLTrainer(
+            pipeline=pipes["sdxl"],
+            policy=tiny_policy_config("flux"),
+            reward_funcs=contrast,
+            args=tiny_args(tmp_path, "sdxl"),
+            train_dataset=prompt_dataset(),
+        )
+    with pytest.raises(ValueError, match="max_sequence_length"):
+        ScheduleRLTrainer(
+            pipeline=pipes["sdxl"],
+            reward_funcs=contrast,
+            args=tiny_args(tmp_path, max_sequence_length=16),
+            train_dataset=prompt_dataset(),
+        )
+
+
+def test_fewer_than_three_contexts_warns_with_james_stein(pipes, tmp_path):
+    with pytest.warns(UserWarning, match="at least 3"):
+        ScheduleRLTrainer(
+            pipeline=pipes["flux"],
+            policy=tiny_policy_config(),
+            reward_funcs=contrast,
+            args=tiny_args(tmp_path, per_device_train_batch_size=2),
+            train_dataset=prompt_dataset(),
+        )
+
+
+# ------------------------------------------------------------------------------------------------------ LoRA
+
+
+def test_lora_adapter_on_the_frozen_denoiser_stays_active_and_frozen(tmp_path):
+    from peft import LoraConfig
+
+    pipe = tiny_pipeline("flux")
+    transformer = pipe.transformer
+    transformer.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v"], init_lora_weights=False)
+    )
+    lora_before = {k: v.clone() for k, v in transformer.state_dict().items() if "lora" in k}
+    assert lora_before
+
+    trainer = ScheduleRLTrainer(
+        pipeline=pipe,
+        policy=tiny_policy_config(),
+        reward_funcs=contrast,
+        args=tiny_args(tmp_path),
+        train_dataset=prompt_dataset(),
+    )
+    policy_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert any(not torch.equal(policy_before[k], v) for k, v in trainer.model.state_dict().items())
+
+    lora_after = {k: v for k, v in transformer.state_dict().items() if "lora" in k}
+    assert all(torch.equal(lora_before[k], lora_after[k]) for k in lora_before)
+    assert not any(p.requires_grad for p in transformer.parameters())
+
+    sampler = trainer.sampler
+    cond = sampler.encode(["a cat"])
+    x_T = sampler.initial_noise(1, generator=torch.Generator().manual_seed(0))
+    times = torch.tensor([[1.0, 0.6, 0.3, 0.0]])
+    with_adapter = sampler.denoise(x_T, cond, times)
+    transformer.disable_adapters()
+    without_adapter = sampler.denoise(x_T, cond, times)
+    transformer.enable_adapters()
+    assert not torch.allclose(with_adapter, without_adapter)
+    torch.testing.assert_close(sampler.denoise(x_T, cond, times), with_adapter)
+
+
+def test_config_defaults_follow_the_paper(tmp_path):
+    args = ScheduleRLConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert (args.num_steps, args.num_rollouts, args.baseline) == (5, 2, "james_stein")
+    assert (args.weight_decay, args.max_grad_norm, args.learning_rate) == (1e-4, 1.0, 1e-4)
+    assert args.bf16 is False and not args.gradient_checkpointing
