@@ -1,0 +1,363 @@
+# Copyright 2026 The trl_schedule authors. Apache-2.0.
+r"""Learn instance-level sampling schedules for a frozen Flux / SD3 / SDXL pipeline with `ScheduleRLTrainer`.
+
+REINFORCE on a one-shot Dirichlet schedule policy with a James-Stein reward baseline (Yu et al., "Designing
+Instance-Level Sampling Schedules via REINFORCE with James-Stein Shrinkage", CVPR 2026, arXiv 2511.22177).
+The pipeline stays frozen; only the ~20M-parameter policy trains. The script trains, evaluates (learned vs the
+pipeline's default vs uniform schedules on fixed noises) and saves the policy to `--output_dir`.
+
+Usage (the paper's Flux-dev + HPSv2 run: 8 GPUs x 2 contexts = 16 contexts per step, K=2, L=5):
+
+```
+accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/train_schedule.py \
+    --config recipes/configs/flux_dev_hpsv2.yaml
+```
+
+One GPU (all 16 contexts in one micro-batch: the baseline is computed per micro-batch, gathered over
+processes, so use a larger batch, not gradient accumulation, to keep B = 16):
+
+```
+accelerate launch --config_file recipes/accelerate_configs/single_gpu.yaml recipes/train_schedule.py \
+    --config recipes/configs/flux_dev_hpsv2.yaml --per_device_train_batch_size 16
+```
+
+CPU smoke run (a tiny random pipeline and policy built in code, a toy reward, seconds):
+
+```
+python recipes/train_schedule.py --tiny --tiny_family flux --dataset_name prompts.jsonl --reward brightness \
+    --max_steps 2 --per_device_train_batch_size 3 --num_rollouts 2 --num_steps 2 --num_eval_prompts 2 \
+    --use_cpu true --report_to none --output_dir schedule-smoke
+```
+
+`--model_name_or_path` is a diffusers pipeline hub id or a local directory saved with `save_pretrained`
+(`FluxPipeline`, `StableDiffusion3Pipeline` or `StableDiffusionXLPipeline`); `--lora_path` loads LoRA weights
+into it (`pipe.load_lora_weights`). `--dataset_name` is a hub dataset name, a local dataset directory, or one
+local `.json`/`.jsonl`/`.csv`/`.parquet` file (the loader of `recipes/rloo_js_llm.py`). Every
+`ScheduleRLConfig` flag (`--num_steps`, `--num_rollouts`, `--baseline`, `--height`, `--guidance_scale`, ...)
+works, and `--config recipe.yaml` reads any of them from a YAML file (command-line flags win).
+
+Rewards (`--reward`; comma-separate several, weighted by `--reward_weights`):
+
+- `hpsv2:<checkpoint>`: HPSv2 (`HPS_v2.1_compressed.pt`, or `HPS_v2_compressed.pt` for v2.0; a file or its
+  directory). Needs `pip install "trl_schedule[hpsv2]"` and the checkpoint on local disk.
+- `clip:<model>`: CLIP score of a transformers `CLIPModel` (local directory or hub id).
+- `brightness`: the mean pixel value of the image in [0, 1]. A toy reward for smoke runs and CI only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from datasets import Dataset
+from rloo_js_llm import load_prompt_dataset  # the sibling recipe's loader (recipes/ is on sys.path)
+from trl import TrlParser
+
+from trl_schedule.policy import DirichletSchedulePolicyConfig
+from trl_schedule.rewards import HPSV2_CHECKPOINTS, CLIPScoreReward, HPSv2Reward
+from trl_schedule.samplers import sampler_for
+from trl_schedule.samplers.tiny import TINY_FAMILIES, TINY_IMAGE_SIZE, tiny_pipeline
+from trl_schedule.schedule_rl_config import ScheduleRLConfig
+from trl_schedule.schedule_rl_trainer import ScheduleRLTrainer
+
+REWARD_NAMES = ("hpsv2:<checkpoint>", "clip:<model>", "brightness")
+TINY_MAX_SEQUENCE_LENGTH = 16
+"""T5 tokens of the tiny Flux / SD3 pipelines when `--max_sequence_length` is not given."""
+
+
+@dataclass
+class ScheduleScriptArguments:
+    """Arguments of `recipes/train_schedule.py`, on top of `ScheduleRLConfig`.
+
+    Args:
+        model_name_or_path (`str`, *optional*):
+            Diffusers pipeline hub id or local `save_pretrained` directory. Required unless `tiny`.
+        lora_path (`str`, *optional*):
+            LoRA weights loaded into the frozen pipeline with `pipe.load_lora_weights` (a local file or
+            directory, or a hub id).
+        dataset_name (`str`, *optional*):
+            Prompts: a hub dataset name, a local dataset directory or one local json/jsonl/csv/parquet file.
+        dataset_config (`str`, *optional*):
+            Dataset configuration name (hub datasets with several configs).
+        dataset_train_split (`str`, *optional*, defaults to `"train"`):
+            Split to train on (ignored for a single local file: the whole file is the training set).
+        dataset_test_split (`str`, *optional*, defaults to `"test"`):
+            Split of `eval_dataset_name` (or of `dataset_name` when it is not a single file) used by the final
+            evaluation; `"none"` evaluates on the first training prompts.
+        eval_dataset_name (`str`, *optional*):
+            Evaluation prompts from another dataset or local file (same column as training).
+        max_train_samples (`int`, *optional*):
+            Keep only the first this many training prompts.
+        reward (`str`, *optional*, defaults to `"brightness"`):
+            Comma-separated rewards: `hpsv2:<checkpoint>`, `clip:<model>`, `brightness` (toy).
+        reward_weights (`list[float]`, *optional*):
+            One weight per reward (default: all 1).
+        tiny (`bool`, *optional*, defaults to `False`):
+            Build a tiny random pipeline of `tiny_family` and a tiny policy in code instead of loading
+            `model_name_or_path` (smoke runs and CI; 32x32 px unless `--height`/`--width` say otherwise).
+        tiny_family (`str`, *optional*, defaults to `"flux"`):
+            `flux` (FLUX.1-dev layout, with embedded guidance), `sd3` or `sdxl`.
+    """
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Diffusers pipeline hub id or local save_pretrained directory."}
+    )
+    lora_path: str | None = field(
+        default=None,
+        metadata={"help": "LoRA weights loaded into the frozen pipeline (pipe.load_lora_weights)."},
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Prompts: hub dataset name, local dataset directory or one json/jsonl/csv/parquet file."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str = field(
+        default="test",
+        metadata={"help": "Split used by the final evaluation; 'none' = first training prompts."},
+    )
+    eval_dataset_name: str | None = field(
+        default=None, metadata={"help": "Evaluation prompts from another dataset name or local file."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N prompts."})
+    reward: str = field(
+        default="brightness",
+        metadata={
+            "help": "Comma-separated rewards: 'hpsv2:<checkpoint>', 'clip:<model>', 'brightness' (toy)."
+        },
+    )
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per reward in --reward (default: all 1)."}
+    )
+    tiny: bool = field(
+        default=False,
+        metadata={"help": "Use a tiny random pipeline and policy built in code (smoke runs, CI)."},
+    )
+    tiny_family: str = field(
+        default="flux", metadata={"help": "Family of the tiny pipeline.", "choices": list(TINY_FAMILIES)}
+    )
+
+    def __post_init__(self):
+        specs = parse_reward_specs(self.reward)
+        if self.reward_weights is not None and len(self.reward_weights) != len(specs):
+            raise ValueError(
+                f"--reward_weights has {len(self.reward_weights)} values {self.reward_weights} but --reward "
+                f"{self.reward!r} names {len(specs)} rewards; pass one weight per reward."
+            )
+        if self.tiny_family not in TINY_FAMILIES:
+            raise ValueError(f"--tiny_family {self.tiny_family!r} is not one of {list(TINY_FAMILIES)}.")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"--max_train_samples must be >= 1, got {self.max_train_samples}.")
+        if not self.tiny and self.model_name_or_path is None:
+            raise ValueError(
+                "--model_name_or_path is required: a diffusers pipeline hub id or a local save_pretrained "
+                "directory (or pass --tiny for a smoke run with a tiny pipeline built in code)."
+            )
+
+
+# ------------------------------------------------------------------------------------------------- rewards
+
+
+def brightness(images: torch.Tensor, prompts: list[str], **kwargs: Any) -> torch.Tensor:
+    """Toy reward: the mean pixel value of each image. For smoke runs and CI only (it ignores the prompt).
+
+    Args:
+        images (`torch.Tensor` of shape `(N, 3, H, W)`): decoded images in [0, 1].
+        prompts (`list[str]`): N prompts (unused).
+
+    Returns:
+        `torch.Tensor` of shape `(N,)`, float32, in [0, 1].
+    """
+    return images.float().mean(dim=(1, 2, 3))
+
+
+def parse_reward_specs(spec: str) -> list[tuple[str, str | None]]:
+    """Split `--reward`: `"hpsv2:/ckpt,brightness"` -> `[("hpsv2", "/ckpt"), ("brightness", None)]`.
+
+    Only checks the names; nothing is loaded.
+
+    Raises:
+        ValueError: for an empty list, an unknown name, or a model reward without its path.
+    """
+    parsed = []
+    for item in spec.split(","):
+        item = item.strip()
+        name, _, arg = item.partition(":")
+        if name == "brightness" and not arg:
+            parsed.append((name, None))
+        elif name in ("hpsv2", "clip") and arg:
+            parsed.append((name, arg))
+        else:
+            raise ValueError(
+                f"--reward item {item!r} is not a known reward: use {', '.join(REWARD_NAMES)}, "
+                "comma-separated (e.g. --reward hpsv2:/ckpt/HPS_v2.1_compressed.pt)."
+            )
+    return parsed
+
+
+def make_rewards(spec: str) -> list[Any]:
+    """The reward callables `reward(images (N, 3, H, W) in [0, 1], prompts, **kw) -> (N,)` named by `spec`.
+
+    Model rewards are loaded here (frozen; they follow the images' device). See the module docstring.
+    """
+    rewards = []
+    for name, arg in parse_reward_specs(spec):
+        if name == "brightness":
+            rewards.append(brightness)
+        elif name == "clip":
+            rewards.append(CLIPScoreReward(arg))
+        else:
+            version = "v2.0" if os.path.basename(arg) == HPSV2_CHECKPOINTS["v2.0"] else "v2.1"
+            rewards.append(HPSv2Reward(arg, version=version))
+    return rewards
+
+
+# -------------------------------------------------------------------------------------------- data and models
+
+
+def load_prompts(script_args: ScheduleScriptArguments, prompt_column: str) -> tuple[Dataset, Dataset | None]:
+    """The training prompts and the evaluation prompts (or None), each with the prompts in a "prompt" column.
+
+    Uses `recipes/rloo_js_llm.py`'s `load_prompt_dataset` (hub name, local directory or one local file).
+    """
+    train = load_prompt_dataset(
+        SimpleNamespace(
+            dataset_name=script_args.dataset_name,
+            dataset_config=script_args.dataset_config,
+            dataset_train_split=script_args.dataset_train_split,
+            prompt_column=prompt_column,
+            max_train_samples=script_args.max_train_samples,
+        )
+    )
+    eval_name = script_args.eval_dataset_name
+    if eval_name is None and script_args.dataset_name and not os.path.isfile(script_args.dataset_name):
+        eval_name = script_args.dataset_name
+    split = script_args.dataset_test_split
+    if eval_name is None or not split or split.lower() == "none":
+        return train, None
+    evaluation = load_prompt_dataset(
+        SimpleNamespace(
+            dataset_name=eval_name,
+            dataset_config=script_args.dataset_config,
+            dataset_train_split=split,
+            prompt_column=prompt_column,
+            max_train_samples=None,
+        )
+    )
+    return train, evaluation
+
+
+def load_pipeline(script_args: ScheduleScriptArguments, training_args: ScheduleRLConfig, seed: int = 0):
+    """The frozen pipeline: a tiny one built in code (`--tiny`, seeded with `seed`) or `model_name_or_path`
+    loaded in `training_args.torch_dtype`, with `--lora_path` loaded into it. Without a LoRA a real pipeline is
+    returned as its path: `ScheduleRLTrainer` loads it itself (the same `DiffusionPipeline.from_pretrained`)."""
+    if script_args.tiny:
+        kwargs = {"guidance_embeds": True} if script_args.tiny_family == "flux" else {}
+        pipe = tiny_pipeline(script_args.tiny_family, seed=seed, **kwargs)
+    elif script_args.lora_path is None:
+        return script_args.model_name_or_path
+    else:
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(
+            script_args.model_name_or_path, torch_dtype=getattr(torch, training_args.torch_dtype)
+        )
+        pipe.set_progress_bar_config(disable=True)
+    if script_args.lora_path is not None:
+        if not hasattr(pipe, "load_lora_weights"):
+            raise ValueError(
+                f"--lora_path given, but {type(pipe).__name__} has no `load_lora_weights`; use a Flux, SD3 or "
+                "SDXL pipeline, or drop --lora_path."
+            )
+        pipe.load_lora_weights(script_args.lora_path)
+    return pipe
+
+
+def tiny_policy_config(pipe: Any, training_args: ScheduleRLConfig) -> DirichletSchedulePolicyConfig:
+    """A tiny `DirichletSchedulePolicyConfig` (~10k parameters) whose input widths match `pipe`'s sampler.
+
+    The widths (latent channels, text width, pooled width) are read off one encoded prompt, so the policy fits
+    any pipeline; `ScheduleRLTrainer` builds the policy from it, seeded with `training_args.seed`.
+    """
+    names = ("height", "width", "guidance_scale", "max_sequence_length")
+    kwargs = {
+        name: getattr(training_args, name) for name in names if getattr(training_args, name) is not None
+    }
+    sampler = sampler_for(pipe, **kwargs)
+    with torch.no_grad():
+        cond = sampler.encode(["a photo"])
+        x_T = sampler.initial_noise(1, generator=torch.Generator().manual_seed(0))
+        inputs = sampler.policy_inputs(x_T, cond)
+    pooled = inputs.get("pooled")
+    return DirichletSchedulePolicyConfig(
+        num_steps=training_args.num_steps,
+        latent_channels=inputs["latents"].shape[1],
+        text_dim=inputs["text_states"].shape[-1],
+        pooled_dim=None if pooled is None else pooled.shape[-1],
+        channels=(8, 16),
+        text_hidden=16,
+        num_attention_heads=2,
+        head_hidden=16,
+        init_concentration=training_args.init_concentration,
+    )
+
+
+def make_parser() -> TrlParser:
+    return TrlParser((ScheduleScriptArguments, ScheduleRLConfig))
+
+
+def main(argv: list[str] | None = None) -> ScheduleRLTrainer:
+    """Parse `argv` (default: `sys.argv[1:]`), train, evaluate and save the policy to `--output_dir`."""
+    script_args, training_args = make_parser().parse_args_and_config(
+        args=sys.argv[1:] if argv is None else argv
+    )
+    if script_args.tiny:  # tiny pipelines are meant for 32x32 px and short T5 sequences
+        training_args.height = training_args.height or TINY_IMAGE_SIZE
+        training_args.width = training_args.width or TINY_IMAGE_SIZE
+        if script_args.tiny_family != "sdxl":
+            training_args.max_sequence_length = training_args.max_sequence_length or TINY_MAX_SEQUENCE_LENGTH
+
+    if script_args.tiny and training_args.policy_init != "uniform":
+        raise ValueError(
+            f"--policy_init {training_args.policy_init!r} with --tiny: the tiny policy starts uniform; drop "
+            "--policy_init or --tiny."
+        )
+    train_dataset, eval_dataset = load_prompts(script_args, training_args.prompt_column)
+    training_args.prompt_column = "prompt"  # the loader renames the prompt column to "prompt"
+    pipeline = load_pipeline(script_args, training_args)
+    policy = tiny_policy_config(pipeline, training_args) if script_args.tiny else None
+
+    trainer = ScheduleRLTrainer(
+        pipeline=pipeline,
+        policy=policy,
+        reward_funcs=make_rewards(script_args.reward),
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        reward_weights=script_args.reward_weights,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(
+        f"Policy saved to {training_args.output_dir} ({trainer.accelerator.num_processes} process(es))."
+    )
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    trainer.accelerator.wait_for_everyone()
+    if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers and destroy the process group
+        trainer.end()
+    else:
+        trainer.accelerator.end_training()
+    return trainer
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""Smoke tests of recipes/train_schedule.py: tiny pipelines of each family, 2 steps on CPU; the paper YAMLs
+and the accelerate configs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).parents[1]
+RECIPES = ROOT / "recipes"
+PAPER_CONFIGS = {
+    # file: (pipeline class the hub id names, global contexts per step B, guidance scale)
+    "flux_dev_hpsv2.yaml": ("FLUX.1-dev", 16, 3.5),
+    "sd35_large_hpsv2.yaml": ("stable-diffusion-3.5-large", 16, 3.5),
+    "sdxl_hpsv2.yaml": ("stable-diffusion-xl-base-1.0", 32, 5.0),
+}
+PROMPTS = [f"a photo of object {i}" for i in range(8)]
+
+
+def _load_recipe():
+    if (
+        str(RECIPES) not in sys.path
+    ):  # the recipe imports its sibling recipes/rloo_js_llm.py, as a script does
+        sys.path.insert(0, str(RECIPES))
+    spec = importlib.util.spec_from_file_location("train_schedule", RECIPES / "train_schedule.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return _load_recipe()
+
+
+def _write_jsonl(path: Path, prompts: list[str]) -> Path:
+    path.write_text("\n".join(json.dumps({"text": p, "style": "photo"}) for p in prompts))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _save_tiny_sdxl_lora(directory: Path) -> dict[str, torch.Tensor]:
+    """Random (non-zero) LoRA weights for the tiny SDXL UNet's attention, saved in diffusers' format; returns
+    the saved `lora_B` tensors (PEFT names)."""
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from trl_schedule.samplers.tiny import tiny_pipeline
+
+    unet = tiny_pipeline("sdxl").unet
+    torch.manual_seed(0)
+    config = LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False)
+    unet.add_adapter(config)
+    state = get_peft_model_state_dict(unet)
+    StableDiffusionXLPipeline.save_lora_weights(str(directory), unet_lora_layers=state)
+    return {k: v.clone() for k, v in state.items() if "lora_B" in k}
+
+
+def _smoke_args(data: str, out: Path, family: str) -> list[str]:
+    return [
+        "--tiny",
+        "--tiny_family",
+        family,
+        "--dataset_name",
+        data,
+        "--prompt_column",
+        "text",
+        "--reward",
+        "brightness",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "3",
+        "--num_rollouts",
+        "2",
+        "--num_steps",
+        "2",
+        "--num_eval_prompts",
+        "2",
+        "--log_images_steps",
+        "0",
+        "--save_strategy",
+        "no",
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "true",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["flux", "sd3", "sdxl"])
+def test_tiny_run_trains_evaluates_and_saves(recipe, tmp_path, monkeypatch, family):
+    from trl_schedule.policy import DirichletSchedulePolicy
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if (
+        family == "sd3"
+    ):  # a dataset directory with train/test files: the eval prompts come from its test split
+        (tmp_path / "data").mkdir()
+        _write_jsonl(tmp_path / "data" / "train.jsonl", PROMPTS)
+        _write_jsonl(tmp_path / "data" / "test.jsonl", ["an eval prompt", "another eval prompt"])
+        data = str(tmp_path / "data")
+    else:
+        data = str(_write_jsonl(tmp_path / "prompts.jsonl", PROMPTS))
+    out = tmp_path / "out"
+    argv = _smoke_args(data, out, family)
+    if family == "sdxl":  # --lora_path: LoRA weights loaded into the frozen tiny UNet
+        lora_b = _save_tiny_sdxl_lora(tmp_path / "lora")
+        argv += ["--lora_path", str(tmp_path / "lora")]
+    trainer = recipe.main(argv)
+
+    assert trainer.state.global_step == 2
+    assert trainer.sampler.family == family
+    assert (trainer.sampler.height, trainer.sampler.width) == (32, 32)  # --tiny's default size
+    if family == "sd3":
+        assert trainer.eval_dataset["prompt"] == ["an eval prompt", "another eval prompt"]
+    else:
+        assert trainer.eval_dataset is None  # a single file: evaluate() uses the first training prompts
+    logs = {k: v for entry in trainer.state.log_history for k, v in entry.items()}
+    assert 0.0 <= logs["rewards/brightness/mean"] <= 1.0
+    for key in ("eval_reward_learned", "eval_reward_default", "eval_reward_uniform"):
+        assert math.isfinite(logs[key]), key
+
+    if family == "sdxl":
+        unet = trainer.pipeline.unet
+        assert "default_0" in unet.peft_config
+        loaded = {n: p for n, p in unet.named_parameters() if "lora_B" in n}
+        name, value = next(iter(lora_b.items()))
+        assert torch.equal(loaded[name.replace("lora_B.weight", "lora_B.default_0.weight")], value)
+        assert not any(p.requires_grad for p in unet.parameters())  # frozen with the pipeline
+
+    policy = DirichletSchedulePolicy.from_pretrained(out)
+    assert policy.config.num_steps == 2
+    assert policy.num_parameters() < 50_000  # the tiny policy, not the ~20M default
+    saved = load_file(out / "model.safetensors")
+    head_weights = [k for k in saved if k.startswith("head.") and k.endswith("weight")]
+    last = max(head_weights)  # the head's last layer starts at zero (every instance at the mean schedule)
+    assert saved[last].abs().sum() > 0, "training did not move the policy's last layer"
+    x = torch.randn(2, policy.config.latent_channels, 4, 4)
+    text = torch.randn(2, 3, policy.config.text_dim)
+    pooled = None if policy.config.pooled_dim is None else torch.randn(2, policy.config.pooled_dim)
+    alpha = policy(x, text, pooled=pooled)
+    assert alpha.shape == (2, 3) and bool((alpha > 0).all())
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_the_multi_gpu_config(tmp_path):
+    """`accelerate launch` with recipes/accelerate_configs/multi_gpu.yaml (2 processes instead of 8, gloo on
+    CPU): the recipe trains with the global batch split over the processes and saves once."""
+    data = _write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    out = tmp_path / "out"
+    args = _smoke_args(str(data), out, "sdxl")
+    args[args.index("--per_device_train_batch_size") + 1] = "2"  # 2 x 2 processes = 4 contexts per step
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(RECIPES / "accelerate_configs" / "multi_gpu.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(_free_port()),
+        str(RECIPES / "train_schedule.py"),
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "(2 process(es))" in proc.stdout
+    saved = load_file(out / "model.safetensors")
+    assert saved["head.2.weight"].abs().sum() > 0, "training did not move the policy's last layer"
+
+
+def test_rewards_and_script_argument_errors(recipe):
+    images = torch.stack([torch.zeros(3, 4, 4), torch.full((3, 4, 4), 0.25)])
+    assert recipe.brightness(images, ["a", "b"]).tolist() == [0.0, 0.25]
+    assert recipe.parse_reward_specs("hpsv2:/ckpt/HPS_v2.1_compressed.pt, brightness,clip:openai/clip") == [
+        ("hpsv2", "/ckpt/HPS_v2.1_compressed.pt"),
+        ("brightness", None),
+        ("clip", "openai/clip"),
+    ]
+    with pytest.raises(ValueError, match="'hpsv2'"):
+        recipe.parse_reward_specs("hpsv2")  # the checkpoint is missing
+    with pytest.raises(ValueError, match="'bleu'"):
+        recipe.ScheduleScriptArguments(reward="bleu", tiny=True)
+    with pytest.raises(ValueError, match="--reward_weights has 1 values"):
+        recipe.ScheduleScriptArguments(reward="brightness,brightness", reward_weights=[1.0], tiny=True)
+    with pytest.raises(FileNotFoundError, match="HPSv2 checkpoint not found"):
+        recipe.make_rewards("hpsv2:/nonexistent/HPS_v2.1_compressed.pt")
+    with pytest.raises(ValueError, match="--model_name_or_path is required"):
+        recipe.main(["--dataset_name", "unused", "--output_dir", "unused", "--use_cpu", "true"])
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
+def test_paper_configs_parse_with_the_recipe_parser(recipe, tmp_path, name):
+    model_id, contexts, guidance = PAPER_CONFIGS[name]
+    path = RECIPES / "configs" / name
+    # the YAML alone: every key is a field of ScheduleScriptArguments or ScheduleRLConfig (TrlParser raises on
+    # unknown keys) and carries the paper's settings (DESIGN.md §5)
+    script_args, args = recipe.make_parser().parse_args_and_config(args=["--config", str(path)])
+    assert model_id in script_args.model_name_or_path
+    assert [n for n, _ in recipe.parse_reward_specs(script_args.reward)] == ["hpsv2"]
+    assert (args.num_steps, args.num_rollouts, args.baseline) == (5, 2, "james_stein")
+    multi_gpu = yaml.safe_load((RECIPES / "accelerate_configs" / "multi_gpu.yaml").read_text())
+    assert args.per_device_train_batch_size * multi_gpu["num_processes"] == contexts
+    assert args.gradient_accumulation_steps == 1
+    assert (args.weight_decay, args.max_grad_norm, args.guidance_scale) == (1e-4, 1.0, guidance)
+    assert (args.height, args.width, args.bf16) == (1024, 1024, False)
+    # overridden for a local smoke run, as a user pointing it at local files would
+    script_args, args = recipe.make_parser().parse_args_and_config(
+        args=[
+            "--config",
+            str(path),
+            "--tiny",
+            "--reward",
+            "brightness",
+            "--output_dir",
+            str(tmp_path),
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--use_cpu",
+            "true",
+        ]
+    )
+    assert script_args.tiny and script_args.reward == "brightness" and args.output_dir == str(tmp_path)
+    assert (args.height, args.num_steps) == (32, 5)  # command-line flags win, the rest comes from the YAML
+
+
+@pytest.mark.parametrize("name", ["single_gpu.yaml", "multi_gpu.yaml", "fsdp.yaml", "deepspeed_zero2.yaml"])
+def test_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import ClusterConfig
+    from accelerate.commands.launch import launch_command_parser
+
+    path = RECIPES / "accelerate_configs" / name
+    raw = yaml.safe_load(path.read_text())
+    config = ClusterConfig.from_yaml_file(str(path))  # raises on keys accelerate does not know
+    assert config.mixed_precision == "no"  # the policy trains in float32; the pipeline in --torch_dtype
+    assert config.num_processes == (1 if name == "single_gpu.yaml" else 8)
+    expected = {"single_gpu.yaml": "NO", "multi_gpu.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP"}
+    assert config.distributed_type.value == expected.get(name, "DEEPSPEED")
+    # `accelerate launch` turns fsdp_config / deepspeed_config entries into its own flags: all must exist
+    launch_flags = {action.dest for action in launch_command_parser()._actions}
+    for section in ("fsdp_config", "deepspeed_config"):
+        unknown = set(raw.get(section, {})) - launch_flags
+        assert not unknown, f"{name}: {section} keys unknown to accelerate launch: {unknown}"
+    if name == "fsdp.yaml":  # the FSDP unit is the policy's block class, which must exist
+        from trl_schedule.policy import DirichletSchedulePolicy
+
+        assert (
+            raw["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"]
+            in DirichletSchedulePolicy._no_split_modules
+        )
