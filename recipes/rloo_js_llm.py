@@ -43,13 +43,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 from trl import ModelConfig, RLOOConfig, ScriptArguments, TrlParser, get_peft_config
 
+from trl_schedule import prompts
 from trl_schedule.estimators import ESTIMATORS, get_estimator
 from trl_schedule.rloo import JSRLOOTrainer
-
-LOCAL_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 @dataclass
@@ -118,35 +117,25 @@ def make_reward(spec: str) -> Callable[..., list[float]]:
 
 
 def load_prompt_dataset(script_args: JSRLOOScriptArguments) -> Dataset:
-    """The training split, prompts in a "prompt" column, from the hub, a local directory or one local file."""
+    """The training split, prompts in a "prompt" column (TRL's name), from the hub, a local directory or one
+    local file (:func:`trl_schedule.prompts.load_prompt_dataset`)."""
     if script_args.dataset_name is None:
         raise ValueError(
             "--dataset_name is required: a hub dataset name, a local directory, or a local data file."
         )
-    path = Path(script_args.dataset_name)
-    if path.is_file():
-        builder = LOCAL_FILE_BUILDERS.get(path.suffix.lower())
-        if builder is None:
-            raise ValueError(
-                f"--dataset_name {script_args.dataset_name!r} is a file with an unsupported extension; use "
-                f"one of {sorted(LOCAL_FILE_BUILDERS)}, a dataset directory or a hub name."
-            )
-        dataset = load_dataset(builder, data_files=str(path), split="train")
-    else:
-        dataset = load_dataset(
-            script_args.dataset_name, name=script_args.dataset_config, split=script_args.dataset_train_split
-        )
+    dataset = prompts.load_prompt_dataset(
+        script_args.dataset_name,
+        script_args.prompt_column,
+        "--dataset_name",
+        split="train" if Path(script_args.dataset_name).is_file() else script_args.dataset_train_split,
+        config=script_args.dataset_config,
+        max_samples=script_args.max_train_samples,
+    )
     column = script_args.prompt_column
-    if column not in dataset.column_names:
-        raise ValueError(
-            f"--prompt_column {column!r} is not a column of the dataset; columns are {dataset.column_names}."
-        )
     if column != "prompt":
         if "prompt" in dataset.column_names:
             dataset = dataset.remove_columns("prompt")
         dataset = dataset.rename_column(column, "prompt")
-    if script_args.max_train_samples is not None:
-        dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
     return dataset
 
 

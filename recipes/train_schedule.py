@@ -32,7 +32,8 @@ python recipes/train_schedule.py --tiny --tiny_family flux --dataset_name prompt
 `--model_name_or_path` is a diffusers pipeline hub id or a local directory saved with `save_pretrained`
 (`FluxPipeline`, `StableDiffusion3Pipeline` or `StableDiffusionXLPipeline`); `--lora_path` loads LoRA weights
 into it (`pipe.load_lora_weights`). `--dataset_name` is a hub dataset name, a local dataset directory, or one
-local `.json`/`.jsonl`/`.csv`/`.parquet` file (the loader of `recipes/rloo_js_llm.py`). Every
+local `.json`/`.jsonl`/`.csv`/`.parquet` file (`trl_schedule.prompts.load_prompt_dataset`); without it the
+prompts are the embedded testbed's GenEval-style prompt sets. Every
 `ScheduleRLConfig` flag (`--num_steps`, `--num_rollouts`, `--baseline`, `--height`, `--guidance_scale`, ...)
 works, and `--config recipe.yaml` reads any of them from a YAML file (command-line flags win).
 
@@ -49,15 +50,14 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from datasets import Dataset
-from rloo_js_llm import load_prompt_dataset  # the sibling recipe's loader (recipes/ is on sys.path)
 from trl import TrlParser
 
 from trl_schedule.policy import DirichletSchedulePolicyConfig
+from trl_schedule.prompts import load_prompt_dataset
 from trl_schedule.rewards import HPSV2_CHECKPOINTS, CLIPScoreReward, HPSv2Reward
 from trl_schedule.samplers import sampler_for
 from trl_schedule.samplers.tiny import TINY_FAMILIES, TINY_IMAGE_SIZE, tiny_pipeline
@@ -65,6 +65,8 @@ from trl_schedule.schedule_rl_config import ScheduleRLConfig
 from trl_schedule.schedule_rl_trainer import ScheduleRLTrainer
 
 REWARD_NAMES = ("hpsv2:<checkpoint>", "clip:<model>", "brightness")
+DEFAULT_NUM_TRAIN_PROMPTS, DEFAULT_NUM_TEST_PROMPTS = 2048, 256
+"""Size of the embedded default prompt sets (used when `--dataset_name` is not given)."""
 TINY_MAX_SEQUENCE_LENGTH = 16
 """T5 tokens of the tiny Flux / SD3 pipelines when `--max_sequence_length` is not given."""
 
@@ -222,33 +224,41 @@ def make_rewards(spec: str) -> list[Any]:
 
 
 def load_prompts(script_args: ScheduleScriptArguments, prompt_column: str) -> tuple[Dataset, Dataset | None]:
-    """The training prompts and the evaluation prompts (or None), each with the prompts in a "prompt" column.
+    """The training prompts and the evaluation prompts (or None).
 
-    Uses `recipes/rloo_js_llm.py`'s `load_prompt_dataset` (hub name, local directory or one local file).
+    Without `--dataset_name` the prompts are the embedded default: the testbed's GenEval-style prompt sets
+    (`trl_schedule.testbed.scenes.make_prompt_datasets`, seeded, with a held-out test split) — nothing to
+    download. Otherwise `--dataset_name` is a hub name, a local directory or one local file
+    (:func:`trl_schedule.prompts.load_prompt_dataset`).
     """
-    train = load_prompt_dataset(
-        SimpleNamespace(
-            dataset_name=script_args.dataset_name,
-            dataset_config=script_args.dataset_config,
-            dataset_train_split=script_args.dataset_train_split,
-            prompt_column=prompt_column,
-            max_train_samples=script_args.max_train_samples,
+    if script_args.dataset_name is None:
+        from trl_schedule.testbed.scenes import make_prompt_datasets
+
+        splits = make_prompt_datasets(num_train=DEFAULT_NUM_TRAIN_PROMPTS, num_test=DEFAULT_NUM_TEST_PROMPTS)
+        train = load_prompt_dataset(
+            splits, "prompt", "testbed prompts", max_samples=script_args.max_train_samples
         )
+        return train, load_prompt_dataset(splits, "prompt", "testbed prompts", split="test")
+    train = load_prompt_dataset(
+        script_args.dataset_name,
+        prompt_column,
+        "--dataset_name",
+        split=script_args.dataset_train_split,
+        config=script_args.dataset_config,
+        max_samples=script_args.max_train_samples,
     )
     eval_name = script_args.eval_dataset_name
-    if eval_name is None and script_args.dataset_name and not os.path.isfile(script_args.dataset_name):
+    if eval_name is None and not os.path.isfile(script_args.dataset_name):
         eval_name = script_args.dataset_name
     split = script_args.dataset_test_split
     if eval_name is None or not split or split.lower() == "none":
         return train, None
     evaluation = load_prompt_dataset(
-        SimpleNamespace(
-            dataset_name=eval_name,
-            dataset_config=script_args.dataset_config,
-            dataset_train_split=split,
-            prompt_column=prompt_column,
-            max_train_samples=None,
-        )
+        eval_name,
+        prompt_column,
+        "--eval_dataset_name",
+        split=split if not os.path.isfile(eval_name) else "train",
+        config=script_args.dataset_config,
     )
     return train, evaluation
 
@@ -329,7 +339,8 @@ def main(argv: list[str] | None = None) -> ScheduleRLTrainer:
             "--policy_init or --tiny."
         )
     train_dataset, eval_dataset = load_prompts(script_args, training_args.prompt_column)
-    training_args.prompt_column = "prompt"  # the loader renames the prompt column to "prompt"
+    if script_args.dataset_name is None:
+        training_args.prompt_column = "prompt"  # the embedded default's column
     pipeline = load_pipeline(script_args, training_args)
     policy = tiny_policy_config(pipeline, training_args) if script_args.tiny else None
 

@@ -45,7 +45,7 @@ def test_rewards_and_dataset_loading(tmp_path):
     args = recipe.JSRLOOScriptArguments(dataset_name=str(data), prompt_column="text", max_train_samples=5)
     dataset = recipe.load_prompt_dataset(args)
     assert dataset["prompt"] == prompt_texts(5)
-    with pytest.raises(ValueError, match="--prompt_column 'question'"):
+    with pytest.raises(ValueError, match="no column 'question'"):
         recipe.load_prompt_dataset(
             recipe.JSRLOOScriptArguments(dataset_name=str(data), prompt_column="question")
         )

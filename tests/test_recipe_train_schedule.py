@@ -134,7 +134,7 @@ def test_tiny_run_trains_evaluates_and_saves(recipe, tmp_path, monkeypatch, fami
     assert trainer.sampler.family == family
     assert (trainer.sampler.height, trainer.sampler.width) == (32, 32)  # --tiny's default size
     if family == "sd3":
-        assert trainer.eval_dataset["prompt"] == ["an eval prompt", "another eval prompt"]
+        assert trainer.eval_dataset["text"] == ["an eval prompt", "another eval prompt"]
     else:
         assert trainer.eval_dataset is None  # a single file: evaluate() uses the first training prompts
     logs = {k: v for entry in trainer.state.log_history for k, v in entry.items()}

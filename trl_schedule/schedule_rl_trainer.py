@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate.utils import gather, gather_object
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Dataset, DatasetDict
 from torch.utils.data import Sampler
 from transformers import TrainerCallback
 from transformers.utils import logging
@@ -64,6 +64,7 @@ from trl.trainer.base_trainer import _BaseTrainer
 
 from .estimators import JamesSteinBaseline, get_estimator
 from .policy import DirichletSchedulePolicy, DirichletSchedulePolicyConfig
+from .prompts import load_prompt_dataset
 from .rewards import RewardFunction, as_reward_function, combine_rewards
 from .samplers import ScheduleSampler, sampler_for
 from .schedule_rl_config import _NEEDS_TWO_ROLLOUTS, ScheduleRLConfig
@@ -81,13 +82,6 @@ __all__ = ["ScheduleRLTrainer", "SigtermCheckpointCallback"]
 logger = logging.get_logger(__name__)
 
 _SEED_STREAMS = {"noise": 0, "schedule": 1}
-_DATA_FILE_BUILDERS = {
-    ".json": "json",
-    ".jsonl": "json",
-    ".csv": "csv",
-    ".parquet": "parquet",
-    ".txt": "text",
-}
 
 
 # --------------------------------------------------------------------------------------------- seeding / data
@@ -154,56 +148,6 @@ class ContextSampler(Sampler[int]):
 
 def _identity(batch: list[dict]) -> list[dict]:
     return batch
-
-
-def load_prompt_dataset(dataset: str | Dataset | DatasetDict, prompt_column: str, name: str) -> Dataset:
-    """A prompt dataset from a `datasets.Dataset` (returned as is), a `DatasetDict` (its "train" split), a
-    local file (.json/.jsonl/.csv/.parquet/.txt), a local directory or a hub dataset name
-    (`datasets.load_dataset`, split "train"), checked: `prompt_column` exists, at least one row, every prompt
-    a non-empty string.
-
-    Args:
-        dataset: the dataset or where to load it from.
-        prompt_column (`str`): the column holding the prompts.
-        name (`str`): the argument name used in errors (`"train_dataset"` / `"eval_dataset"`).
-    """
-    if isinstance(dataset, (str, os.PathLike)):
-        path = str(dataset)
-        if os.path.isfile(path):
-            suffix = Path(path).suffix.lower()
-            if suffix not in _DATA_FILE_BUILDERS:
-                raise ValueError(
-                    f"`{name}`={path!r}: cannot load a {suffix or 'suffix-less'} file; use one of "
-                    f"{sorted(_DATA_FILE_BUILDERS)}, or pass a `datasets.Dataset`."
-                )
-            dataset = load_dataset(_DATA_FILE_BUILDERS[suffix], data_files=path, split="train")
-        else:
-            dataset = load_dataset(path, split="train")
-    if isinstance(dataset, DatasetDict):
-        if "train" not in dataset:
-            raise ValueError(
-                f"`{name}` is a DatasetDict without a 'train' split ({list(dataset)}); pass a split."
-            )
-        dataset = dataset["train"]
-    if not isinstance(dataset, Dataset):
-        raise ValueError(
-            f"`{name}` must be a `datasets.Dataset`, a local file / directory or a hub dataset name, got "
-            f"{type(dataset).__name__}."
-        )
-    if prompt_column not in dataset.column_names:
-        raise ValueError(
-            f"`{name}` has no column {prompt_column!r} (columns: {dataset.column_names}). Set "
-            f"`ScheduleRLConfig(prompt_column=...)` to the column holding the prompts, or rename it."
-        )
-    if len(dataset) == 0:
-        raise ValueError(f"`{name}` is empty: it needs at least one prompt in column {prompt_column!r}.")
-    for i, prompt in enumerate(dataset[prompt_column]):
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(
-                f"`{name}` row {i} has prompt {prompt!r} in column {prompt_column!r}: every prompt must be a "
-                "non-empty string. Filter the dataset first, e.g. `dataset.filter(lambda r: r[col].strip())`."
-            )
-    return dataset
 
 
 # ---------------------------------------------------------------------------------------------------- SIGTERM
