@@ -8,7 +8,8 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_python_blocks_run(capsys):
+def test_readme_python_blocks_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the training example writes outputs/readme
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert len(blocks) >= 3
     namespace: dict = {}
@@ -17,6 +18,8 @@ def test_readme_python_blocks_run(capsys):
     assert namespace["images"].shape == (2, 3, 32, 32)
     assert namespace["result"].images.shape == (1, 3, 32, 32)
     assert namespace["out"].advantages[5] == 0  # the NaN row
+    assert namespace["trainer"].state.global_step == 2
+    assert (tmp_path / "outputs" / "readme" / "model.safetensors").exists()
 
 
 def test_readme_commands_match_ci():
