@@ -470,3 +470,26 @@ def test_config_defaults_follow_the_paper(tmp_path):
     assert (args.num_steps, args.num_rollouts, args.baseline) == (5, 2, "james_stein")
     assert (args.weight_decay, args.max_grad_norm, args.learning_rate) == (1e-4, 1.0, 1e-4)
     assert args.bf16 is False and not args.gradient_checkpointing
+
+
+def test_metrics_reach_tensorboard(pipes, tmp_path):
+    """`report_to="tensorboard"`: the step metrics (reward, alpha, schedule, timings) land in event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = ScheduleRLTrainer(
+        pipeline=pipes["sd3"],
+        policy=tiny_policy_config(),
+        reward_funcs=contrast,
+        args=tiny_args(tmp_path, family="sd3", report_to="tensorboard"),
+        train_dataset=prompt_dataset(),
+    )
+    trainer.train()
+    events = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert events, "no tensorboard event file written"
+    tags = set()
+    for event in events:
+        accumulator = EventAccumulator(str(event))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    for tag in ("train/reward", "train/baseline/alpha", "train/schedule/stopping_margin", "train/timing/sampling"):
+        assert tag in tags, (tag, sorted(tags))
