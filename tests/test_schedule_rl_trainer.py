@@ -493,3 +493,22 @@ def test_metrics_reach_tensorboard(pipes, tmp_path):
         tags |= set(accumulator.Tags()["scalars"])
     for tag in ("train/reward", "train/baseline/alpha", "train/schedule/stopping_margin", "train/timing/sampling"):
         assert tag in tags, (tag, sorted(tags))
+
+
+def test_pipeline_from_a_local_path(tmp_path):
+    """`pipeline=` a saved pipeline directory: loaded with `DiffusionPipeline.from_pretrained` in
+    `args.torch_dtype`, frozen, and trained against like an object."""
+    tiny_pipeline("sd3").save_pretrained(tmp_path / "pipe")
+    trainer = ScheduleRLTrainer(
+        pipeline=str(tmp_path / "pipe"),
+        policy=tiny_policy_config(),
+        reward_funcs=contrast,
+        args=tiny_args(tmp_path / "out", family="sd3", torch_dtype="float32"),
+        train_dataset=prompt_dataset(),
+    )
+    assert type(trainer.pipeline).__name__ == "StableDiffusion3Pipeline"
+    assert trainer.sampler.family == "sd3"
+    assert trainer.pipeline.transformer.dtype == torch.float32
+    assert not any(p.requires_grad for p in trainer.pipeline.transformer.parameters())
+    trainer.train()
+    assert trainer.state.global_step == 2
