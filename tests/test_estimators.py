@@ -200,8 +200,10 @@ def test_matches_naive_loop(method, rewards, groups):
         assert_matches_naive(rewards, groups, method)
 
 
+# Rewards on a 1e-3 grid: the O(N) leave-one-out sums lose differences ~1e-8 of the rewards' magnitude (see the
+# estimators' docstring, "Precision"), which hypothesis otherwise finds with values like 1e-24 next to 1.0.
 reward_lists = st.lists(
-    st.one_of(st.floats(-5, 5, allow_nan=False, width=32), st.just(NAN)), min_size=1, max_size=24
+    st.one_of(st.integers(-5000, 5000).map(lambda x: x / 1000), st.just(NAN)), min_size=1, max_size=24
 )
 
 

@@ -165,6 +165,7 @@ def test_tiny_run_trains_evaluates_and_saves(recipe, tmp_path, monkeypatch, fami
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("multiprocess")  # never two process groups at once on 2 cores
 def test_two_cpu_processes_with_the_multi_gpu_config(tmp_path):
     """`accelerate launch` with recipes/accelerate_configs/multi_gpu.yaml (2 processes instead of 8, gloo on
     CPU): the recipe trains with the global batch split over the processes and saves once."""

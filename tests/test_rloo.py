@@ -287,6 +287,7 @@ def test_js_grpo_batch_scaling_trains(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("multiprocess")  # never two process groups at once on 2 cores
 def test_two_processes_share_the_gathered_batch(model_dir, tmp_path):
     """torchrun, 2 CPU ranks (gloo), beta != 0: both ranks see the same gathered rewards (and KL-penalised
     estimator input), compute the same estimator output, and each keeps exactly its own slice."""

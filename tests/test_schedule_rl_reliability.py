@@ -45,6 +45,16 @@ def _no_telemetry(monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Bitwise comparisons need the same kernels' reduction order in this process and in the subprocesses
+    (which run with OMP_NUM_THREADS=1): a CPU matmul's result can depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _subprocess_env() -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
@@ -159,6 +169,7 @@ def test_sigterm_saves_a_checkpoint_and_resuming_matches_an_uninterrupted_run(tm
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("multiprocess")  # never two process groups at once on 2 cores
 def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path):
     """torchrun, 2 CPU ranks (gloo) with 3 contexts each == 1 process with 6 contexts, same seeds: the same
     gathered rewards and group ids, the same baselines and advantages, each rank's loss uses its own slice,
