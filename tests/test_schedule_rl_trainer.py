@@ -208,6 +208,12 @@ def test_evaluate_and_eval_strategy(pipes, tmp_path):
     assert metrics == trainer.evaluate()  # fixed seeds
     assert metrics["eval_reward_learned"] == pytest.approx(evals[0]["eval_reward_learned"])
     assert trainer.model.training  # evaluate() restores train mode
+    # figures: default / uniform / learned rows on the same noises, and the learned schedules
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "eval" / "step_000002_default_uniform_learned.png")
+    assert grid.size == (4 * 32, 3 * 32)  # per_device_eval_batch_size=4 prompts x 3 schedules, 32 px
+    assert (tmp_path / "eval" / "step_000002_schedules.png").exists()
 
 
 def test_save_model_round_trip(pipes, tmp_path):

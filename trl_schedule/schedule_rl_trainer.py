@@ -150,6 +150,44 @@ def _identity(batch: list[dict]) -> list[dict]:
     return batch
 
 
+def save_image_grid(images: torch.Tensor, path: Path) -> None:
+    """Save images `(R, C, 3, H, W)` in [0, 1] as one PNG grid of R rows and C columns."""
+    from PIL import Image
+
+    rows, cols, channels, h, w = images.shape
+    grid = images.float().clamp(0, 1).cpu().permute(0, 3, 1, 4, 2).reshape(rows * h, cols * w, channels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((grid.numpy() * 255).round().astype(np.uint8)).save(path)
+
+
+def save_schedule_plot(
+    times: torch.Tensor,
+    labels: list[str | None],
+    path: Path,
+    title: str,
+    references: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Plot schedules `(N, L+1)` (t_0 .. t_L per row; the last point is the stopping margin) to a PNG, with
+    optional reference schedules `(L+1,)` drawn bold and dashed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4))
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    steps = np.arange(times.shape[1])
+    for row, label in zip(times.float().cpu(), labels):
+        ax.plot(steps, row.numpy(), marker="o", alpha=0.6, label=label)
+    for name, ref in (references or {}).items():
+        ax.plot(steps, ref.float().cpu().numpy(), "k--" if name == "default" else "k:", lw=2, label=name)
+    ax.set_xlabel("model evaluation l (last point: stopping margin t_L)")
+    ax.set_ylabel("t")
+    ax.set_title(title)
+    ax.legend(fontsize=6)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+
+
 # ---------------------------------------------------------------------------------------------------- SIGTERM
 
 
@@ -704,35 +742,37 @@ class ScheduleRLTrainer(_BaseTrainer):
 
     def _write_rollout_figures(self, images, times, rewards, prompts, step: int) -> None:
         """An image grid (rows = contexts, columns = rollouts) and a plot of the sampled schedules."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from PIL import Image
-
         k = self.args.num_rollouts
         rows = min(images.shape[0] // k, 8)
-        grid = images[: rows * k].float().clamp(0, 1).cpu()
-        _, c, h, w = grid.shape
-        grid = grid.view(rows, k, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, k * w, c)
-        image_dir = Path(self.args.output_dir) / "images"
-        image_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((grid.numpy() * 255).round().astype(np.uint8)).save(
-            image_dir / f"step_{step:06d}.png"
+        grid = images[: rows * k].view(rows, k, *images.shape[1:])
+        out = Path(self.args.output_dir)
+        save_image_grid(grid, out / "images" / f"step_{step:06d}.png")
+        labels = [f"{prompts[i][:24]} r={rewards[i]:.3g}" if i < 8 else None for i in range(times.shape[0])]
+        save_schedule_plot(
+            times[:32],
+            labels[:32],
+            out / "schedules" / f"step_{step:06d}.png",
+            f"sampled schedules, step {step}",
         )
 
-        figure = Figure(figsize=(6, 4))
-        FigureCanvasAgg(figure)
-        ax = figure.add_subplot()
-        steps = np.arange(times.shape[1])
-        for i in range(min(times.shape[0], 32)):
-            label = f"{prompts[i][:24]} r={rewards[i]:.3g}" if i < 8 else None
-            ax.plot(steps, times[i].numpy(), marker="o", alpha=0.6, label=label)
-        ax.set_xlabel("model evaluation l (last point: stopping margin t_L)")
-        ax.set_ylabel("t")
-        ax.set_title(f"sampled schedules, step {step}")
-        ax.legend(fontsize=6)
-        schedule_dir = Path(self.args.output_dir) / "schedules"
-        schedule_dir.mkdir(parents=True, exist_ok=True)
-        figure.savefig(schedule_dir / f"step_{step:06d}.png", dpi=80)
+    def _write_eval_figures(self, images: torch.Tensor, learned: torch.Tensor, prompts: list[str]) -> None:
+        """`images` `(3, M, 3, H, W)` (default, uniform, learned rows; same noise per column) and the learned
+        times `(M, L+1)` against the two references, under `output_dir/eval/`."""
+        step = self.state.global_step
+        out = Path(self.args.output_dir) / "eval"
+        save_image_grid(images, out / f"step_{step:06d}_default_uniform_learned.png")
+        num_steps = learned.shape[1] - 1
+        references = {
+            "default": self._default_times(num_steps).float(),
+            "uniform": eval_times(uniform_schedule(num_steps)).float(),
+        }
+        save_schedule_plot(
+            learned,
+            [p[:32] for p in prompts],
+            out / f"step_{step:06d}_schedules.png",
+            f"learned schedules (policy mode), step {step}",
+            references=references,
+        )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
@@ -775,7 +815,9 @@ class ScheduleRLTrainer(_BaseTrainer):
         was_training = policy.training
         policy.eval()
         try:
-            means = self._evaluate_schedules(policy, prompts)
+            means, figure = self._evaluate_schedules(policy, prompts)
+            if self.accelerator.is_main_process and figure is not None:
+                self._write_eval_figures(*figure)
             metrics = {f"{metric_key_prefix}_reward_{key}": value for key, value in means.items()}
             metrics[f"{metric_key_prefix}_reward_learned_minus_default"] = means["learned"] - means["default"]
             self.log(dict(metrics))
@@ -785,7 +827,11 @@ class ScheduleRLTrainer(_BaseTrainer):
         return metrics
 
     @torch.no_grad()
-    def _evaluate_schedules(self, policy: DirichletSchedulePolicy, prompts: list[str]) -> dict[str, float]:
+    def _evaluate_schedules(
+        self, policy: DirichletSchedulePolicy, prompts: list[str]
+    ) -> tuple[dict[str, float], tuple[torch.Tensor, torch.Tensor, list[str]] | None]:
+        """Mean rewards per schedule, and this process's first batch for the figures: images
+        `(3, M, 3, H, W)` in the order default, uniform, learned; the learned times `(M, L+1)`; the prompts."""
         sampler, args = self.sampler, self.args
         num_steps = policy.config.num_steps
         device = sampler.device
@@ -797,6 +843,7 @@ class ScheduleRLTrainer(_BaseTrainer):
         indices = list(range(rank, len(prompts), world))
         batch_size = max(1, args.per_device_eval_batch_size)
         rows: list[tuple[int, float, float, float]] = []
+        figure = None
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
             chunk_prompts = [prompts[i] for i in chunk]
@@ -814,12 +861,16 @@ class ScheduleRLTrainer(_BaseTrainer):
             images = sampler.decode(sampler.denoise(x_rep, cond.index(repeat.to(x_T.device)), times))
             _, rewards = self._compute_rewards(images, chunk_prompts * 3, {})
             rewards = rewards.view(3, m).cpu()
+            if figure is None:
+                # rows of `times` are learned, default, uniform; the figure shows default, uniform, learned
+                ordered = images.view(3, m, *images.shape[1:])[[1, 2, 0]].cpu()
+                figure = (ordered, learned.cpu(), chunk_prompts)
             rows.extend((i, *rewards[:, j].tolist()) for j, i in enumerate(chunk))
         if world > 1:
             rows = gather_object(rows)
         table = torch.tensor([r[1:] for r in sorted(rows)], dtype=torch.float64).view(-1, 3)
         means = torch.nanmean(table, dim=0).tolist()
-        return dict(zip(("learned", "default", "uniform"), means))
+        return dict(zip(("learned", "default", "uniform"), means)), figure
 
     # ------------------------------------------------------------------------------------------- saving
 
