@@ -1,7 +1,8 @@
 """Schedule samplers: a frozen diffusers pipeline driven with one schedule per row (see :mod:`.base`).
 
 One file per model family: :mod:`.flux` (`FluxPipeline`), :mod:`.sd3` (`StableDiffusion3Pipeline`),
-:mod:`.sdxl` (`StableDiffusionXLPipeline`). :func:`sampler_for` picks the right one for a pipeline;
+:mod:`.sdxl` (`StableDiffusionXLPipeline`), :mod:`.testbed` (the embedded
+`TestbedPipeline`). :func:`sampler_for` picks the right one for a pipeline;
 :mod:`.tiny` builds tiny random pipelines of each family for tests and smoke runs.
 """
 
@@ -13,8 +14,14 @@ from .base import Conditioning, ScheduleSampler
 from .flux import FluxScheduleSampler
 from .sd3 import SD3ScheduleSampler
 from .sdxl import SDXLScheduleSampler
+from .testbed import TestbedScheduleSampler
 
-SAMPLERS: tuple[type[ScheduleSampler], ...] = (FluxScheduleSampler, SD3ScheduleSampler, SDXLScheduleSampler)
+SAMPLERS: tuple[type[ScheduleSampler], ...] = (
+    FluxScheduleSampler,
+    SD3ScheduleSampler,
+    SDXLScheduleSampler,
+    TestbedScheduleSampler,
+)
 """Every sampler class :func:`sampler_for` dispatches to."""
 
 __all__ = [
@@ -24,6 +31,7 @@ __all__ = [
     "SD3ScheduleSampler",
     "SDXLScheduleSampler",
     "ScheduleSampler",
+    "TestbedScheduleSampler",
     "sampler_for",
 ]
 

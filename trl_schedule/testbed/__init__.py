@@ -7,6 +7,7 @@ deterministic rule reward for them (no downloads needed).
     >>> TestbedReward()(images[:8], prompts[:8])      # (8,) in [0, 1], ~1 for ground truth
 """
 
+from .model import TestbedPipeline, build_testbed_pipeline, load_testbed_pipeline
 from .reward import DetectedObject, TestbedReward, detect_objects, score_prompt
 from .scenes import (
     COLOURS,
@@ -33,6 +34,9 @@ from .scenes import (
 )
 
 __all__ = [
+    "TestbedPipeline",
+    "build_testbed_pipeline",
+    "load_testbed_pipeline",
     "COLOURS",
     "HELD_OUT_OBJECTS",
     "HELD_OUT_PAIRS",

@@ -1,0 +1,225 @@
+"""The testbed's base model (:class:`~trl_schedule.testbed.model.TestbedPipeline`) driven with one schedule
+per row.
+
+:class:`TestbedScheduleSampler` reproduces `TestbedPipeline.__call__` (text encoding with optional
+classifier-free guidance, pixel-space noise, UNet calls, `FlowMatchEulerDiscreteScheduler.step` arithmetic,
+``(x / 2 + 0.5).clamp(0, 1)``), except that each row has its own times and every step is ONE UNet call for the
+whole batch with per-row timesteps. With the same times in every row it equals the pipeline's own call with
+``sigmas=times[:-1]`` (the pipeline's scheduler has ``shift=1``, so custom sigmas are used verbatim); see
+`tests/test_testbed_model.py`.
+
+Flow matching maps time to noise level unshifted, ``sigma = t`` (DESIGN.md §3); there is no VAE, so the
+"latents" are the 3-channel pixels in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..schedules import flow_matching_sigmas
+from .base import Conditioning, ScheduleSampler, check_prompts, check_rows
+from .flux import flow_match_euler_step
+
+
+class TestbedScheduleSampler(ScheduleSampler):
+    """The testbed's frozen pixel-space UNet driven with one schedule per row, with optional CFG.
+
+    The guidance scale is stored per row in the :class:`Conditioning` (`extras["guidance_scale"]`) when CFG is
+    on, so `cond.repeat_interleave(k)` / `cond.index(rows)` keep it aligned (as in the SD3 sampler).
+
+    Args:
+        pipeline (:class:`~trl_schedule.testbed.model.TestbedPipeline`): the pipeline, never modified.
+        guidance_scale (`float`, defaults to 1.0): CFG scale (the pipeline's default); `<= 1` disables CFG.
+        negative_prompt (`str`, *optional*): the unconditional branch ("" when None, what the model was
+            trained with).
+        height, width (`int`, *optional*): image size in pixels (default 32, what the model was trained on).
+    """
+
+    __test__ = False
+    family = "testbed"
+    pipeline_classes = ("TestbedPipeline",)
+    size_rule = "the testbed UNet downsamples by 2 per level, so both must be positive multiples of"
+
+    def __init__(
+        self,
+        pipeline: Any,
+        guidance_scale: float = 1.0,
+        negative_prompt: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ):
+        super().__init__(pipeline, height, width)
+        self.guidance_scale = guidance_scale
+        self.negative_prompt = negative_prompt
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.pipeline.unet
+
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** (len(self.denoiser.config.block_out_channels) - 1)
+
+    # ----------------------------------------------------------------------------------------------------
+
+    def encode(
+        self,
+        prompts: list[str],
+        negative_prompt: str | list[str] | None = None,
+        guidance_scale: float | None = None,
+    ) -> Conditioning:
+        """Encode `prompts` with `TestbedPipeline.encode_prompt`.
+
+        Args:
+            prompts (`list[str]`): B prompts.
+            negative_prompt (`str` or `list[str]`, *optional*): overrides `self.negative_prompt` ("" if both
+                None).
+            guidance_scale (`float`, *optional*): overrides `self.guidance_scale`; `> 1` encodes the negative
+                branch.
+
+        Returns:
+            :class:`Conditioning` with `text_states` `(B, S, D)`, `text_mask` `(B, S)` (the tokenizer's
+            attention mask: for the policy only, the UNet attends to every token as the pipeline does),
+            `pooled` `(B, D)`, and with CFG `negative_text_states`, `negative_pooled` and
+            `extras["guidance_scale"]` `(B,)` float32.
+        """
+        prompts = check_prompts(prompts)
+        scale = float(self.guidance_scale if guidance_scale is None else guidance_scale)
+        negative = self.negative_prompt if negative_prompt is None else negative_prompt
+        pipe = self.pipeline
+        with torch.no_grad():
+            states, pooled, neg_states, neg_pooled = pipe.encode_prompt(
+                prompts, self.device, scale > 1, negative
+            )
+        mask = pipe.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).attention_mask
+        cond = Conditioning(text_states=states, text_mask=mask.to(self.device), pooled=pooled)
+        if scale > 1:
+            cond.negative_text_states = neg_states
+            cond.negative_pooled = neg_pooled
+            cond.extras["guidance_scale"] = torch.full(
+                (len(prompts),), scale, device=self.device, dtype=torch.float32
+            )
+        return cond
+
+    def initial_noise(
+        self,
+        batch_size: int,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> torch.Tensor:
+        """x_T exactly as `TestbedPipeline.prepare_latents` draws it (standard normal pixels, UNet dtype); it
+        can be passed as the pipeline's `latents=`. `height`/`width` (pixels) become the sampler's defaults.
+
+        Returns:
+            `torch.Tensor` of shape `(B, 3, height, width)`.
+        """
+        self.height, self.width = self._size(height, width)
+        return self.pipeline.prepare_latents(
+            batch_size,
+            self.denoiser.config.in_channels,
+            self.height,
+            self.width,
+            self.dtype,
+            self.device,
+            generator,
+        )
+
+    def policy_inputs(self, x_T: torch.Tensor, cond: Conditioning) -> dict[str, torch.Tensor | None]:
+        """What the schedule policy reads: `latents` `(B, 3, H, W)` (x_T itself), `text_states` `(B, S, D)`,
+        `text_mask` `(B, S)`, `pooled` `(B, D)` (the conditional branch)."""
+        return {
+            "latents": x_T,
+            "text_states": cond.text_states,
+            "text_mask": cond.text_mask,
+            "pooled": cond.pooled,
+        }
+
+    def denoise(self, x_T: torch.Tensor, cond: Conditioning, times: torch.Tensor) -> torch.Tensor:
+        """Run L = `times.shape[1] - 1` UNet calls, each ONE call for the whole batch (with CFG: the
+        unconditional and conditional branches concatenated, ``2B`` rows) with per-row timesteps.
+
+        Step l evaluates at ``sigma_l = t_l`` (model timestep ``1000 * sigma_l``), combines
+        ``v = v_uncond + g * (v_cond - v_uncond)`` with each row's guidance scale ``g`` when `cond` has a
+        negative branch, and Euler-steps to ``sigma_{l+1}``
+        (:func:`~trl_schedule.samplers.flux.flow_match_euler_step`).
+        No gradients; no host-device sync inside the loop.
+
+        Args:
+            x_T (`torch.Tensor` of shape `(B, 3, H, W)`): noise from :meth:`initial_noise`.
+            cond (:class:`Conditioning`): B rows from :meth:`encode`.
+            times (`torch.Tensor` of shape `(B, L+1)`): strictly decreasing in [0, 1] per row.
+
+        Returns:
+            `torch.Tensor` of shape `(B, 3, H, W)`: the state at ``t_L`` in model space ([-1, 1]), UNet dtype.
+        """
+        check_rows(x_T, cond, times)
+        channels = self.denoiser.config.in_channels
+        if x_T.ndim != 4 or x_T.shape[1] != channels:
+            raise ValueError(
+                f"`x_T` has shape {tuple(x_T.shape)}, expected (B, {channels}, H, W) from `initial_noise`."
+            )
+        cfg = cond.negative_text_states is not None
+        if cfg and (cond.negative_pooled is None or "guidance_scale" not in cond.extras):
+            raise ValueError(
+                "`cond` has `negative_text_states` but no `negative_pooled` or `extras['guidance_scale']`: "
+                "build it with this sampler's `encode`."
+            )
+        if cond.pooled is None:
+            raise ValueError("`cond.pooled` is None: the testbed UNet needs it; build `cond` with `encode`.")
+        device, dtype, unet = self.device, self.dtype, self.denoiser
+        num_train = self.pipeline.scheduler.config.num_train_timesteps
+        sigmas = flow_matching_sigmas(times).to(device=device, dtype=torch.float32)
+        latents = x_T.to(device=device, dtype=dtype)
+        states, pooled = cond.text_states, cond.pooled
+        if cfg:  # the pipeline's order: [uncond, cond]
+            states = torch.cat([cond.negative_text_states, states])
+            pooled = torch.cat([cond.negative_pooled, pooled])
+            scale = cond.extras["guidance_scale"].to(device=device, dtype=torch.float32).view(-1, 1, 1, 1)
+        states = states.to(device=device, dtype=dtype)
+        pooled = pooled.to(device=device, dtype=dtype)
+
+        with torch.no_grad():
+            for step in range(sigmas.shape[1] - 1):
+                sigma, sigma_next = sigmas[:, step], sigmas[:, step + 1]
+                timestep = sigma * num_train  # float32, as the pipeline passes scheduler.timesteps
+                model_input = latents
+                if cfg:
+                    model_input, timestep = torch.cat([latents, latents]), torch.cat([timestep, timestep])
+                velocity = unet(
+                    model_input,
+                    timestep,
+                    encoder_hidden_states=states,
+                    class_labels=pooled,
+                    return_dict=False,
+                )[0]
+                if cfg:
+                    uncond, text = velocity.chunk(2)
+                    velocity = uncond + (scale * (text - uncond).to(torch.float32)).to(uncond.dtype)
+                latents = flow_match_euler_step(latents, velocity, sigma, sigma_next)
+        return latents
+
+    def decode(
+        self, latents: torch.Tensor, height: int | None = None, width: int | None = None
+    ) -> torch.Tensor:
+        """Model space -> images, as the pipeline: ``(x / 2 + 0.5).clamp(0, 1)`` (no VAE). `height`/`width`
+        are only checked against the latent size.
+
+        Returns:
+            `torch.Tensor` of shape `(B, 3, H, W)`, float32 in [0, 1].
+        """
+        height, width = self._size(height, width)
+        if latents.ndim != 4 or latents.shape[-2:] != (height, width):
+            raise ValueError(
+                f"`latents` have shape {tuple(latents.shape)}, but a {height}x{width} testbed image has "
+                f"latents (B, 3, {height}, {width}). Pass the height/width used for `initial_noise`."
+            )
+        return self.pipeline.decode_latents(latents)
