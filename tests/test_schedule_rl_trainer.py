@@ -257,7 +257,9 @@ def test_default_policy_is_sized_from_the_sampler(pipes, tmp_path):
     )
     config = trainer.model.config
     assert (config.num_steps, config.latent_channels, config.text_dim, config.pooled_dim) == (3, 4, 32, 32)
-    expected = flow_match_default_schedule(pipes["flux"].scheduler, 3, trainer._image_seq_len())
+    expected = flow_match_default_schedule(
+        pipes["flux"].scheduler, 3, (32 // 8) * (32 // 8)
+    )  # packed tokens at 32 px
     torch.testing.assert_close(torch.tensor(config.init_schedule, dtype=torch.float64), expected)
 
 
@@ -497,7 +499,12 @@ def test_metrics_reach_tensorboard(pipes, tmp_path):
         accumulator = EventAccumulator(str(event))
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"])
-    for tag in ("train/reward", "train/baseline/alpha", "train/schedule/stopping_margin", "train/timing/sampling"):
+    for tag in (
+        "train/reward",
+        "train/baseline/alpha",
+        "train/schedule/stopping_margin",
+        "train/timing/sampling",
+    ):
         assert tag in tags, (tag, sorted(tags))
 
 

@@ -68,14 +68,7 @@ from .prompts import load_prompt_dataset
 from .rewards import RewardFunction, as_reward_function, combine_rewards
 from .samplers import ScheduleSampler, sampler_for
 from .schedule_rl_config import _NEEDS_TWO_ROLLOUTS, ScheduleRLConfig
-from .schedules import (
-    clamp_intervals,
-    eval_times,
-    flow_match_default_schedule,
-    sdxl_default_schedule,
-    sdxl_default_times,
-    uniform_schedule,
-)
+from .schedules import clamp_intervals, eval_times, times_to_tau, uniform_schedule
 
 __all__ = ["ScheduleRLTrainer", "SigtermCheckpointCallback"]
 
@@ -497,19 +490,6 @@ class ScheduleRLTrainer(_BaseTrainer):
             inputs = sampler.policy_inputs(x_T, cond)
         return {k: (None if v is None else tuple(v.shape)) for k, v in inputs.items()}
 
-    def _image_seq_len(self) -> int:
-        """Packed latent tokens of one image (Flux: (H/16)(W/16)); used by the dynamic-shift default."""
-        _, _, h, w = self._probe["latents"]
-        return (h // 2) * (w // 2)
-
-    def _default_times(self, num_steps: int) -> torch.Tensor:
-        """The pipeline's own schedule as times `(L+1,)` float64 (Flux dynamic shift, SD3 shift, SDXL
-        Euler)."""
-        scheduler = self.pipeline.scheduler
-        if self.sampler.family == "sdxl":
-            return sdxl_default_times(scheduler, num_steps)
-        return eval_times(flow_match_default_schedule(scheduler, num_steps, self._image_seq_len()))
-
     def _resolve_policy(self, policy, args: ScheduleRLConfig) -> DirichletSchedulePolicy:
         latent_channels = self._probe["latents"][1]
         text_dim = self._probe["text_states"][-1]
@@ -554,16 +534,15 @@ class ScheduleRLTrainer(_BaseTrainer):
         return policy
 
     def _default_tau(self, num_steps: int) -> torch.Tensor:
-        scheduler = self.pipeline.scheduler
-        if self.sampler.family != "sdxl":
-            return flow_match_default_schedule(scheduler, num_steps, self._image_seq_len())
-        try:
-            return sdxl_default_schedule(scheduler, num_steps)
-        except ValueError as err:
+        """The pipeline's default schedule as Dirichlet intervals `(L+1,)` (for `policy_init="default"`)."""
+        times = self.sampler.default_times(num_steps)
+        if float(times[0]) != 1.0:
             raise ValueError(
-                f"`policy_init`='default' needs the pipeline's schedule to start at t=1, but: {err} Use "
-                "policy_init='uniform', or a scheduler with timestep_spacing='trailing'."
-            ) from err
+                f"`policy_init`='default' needs the pipeline's schedule to start at t=1, but its first time is "
+                f"{float(times[0]):.4f} (e.g. SDXL's 'leading' spacing). Use policy_init='uniform', or a "
+                "scheduler with timestep_spacing='trailing'."
+            )
+        return times_to_tau(torch.cat([times, times.new_zeros(1)]))
 
     # ---------------------------------------------------------------------------------------- data plumbing
 
@@ -763,7 +742,7 @@ class ScheduleRLTrainer(_BaseTrainer):
         save_image_grid(images, out / f"step_{step:06d}_default_uniform_learned.png")
         num_steps = learned.shape[1] - 1
         references = {
-            "default": self._default_times(num_steps).float(),
+            "default": self.sampler.default_times(num_steps).float(),
             "uniform": eval_times(uniform_schedule(num_steps)).float(),
         }
         save_schedule_plot(
@@ -836,7 +815,7 @@ class ScheduleRLTrainer(_BaseTrainer):
         num_steps = policy.config.num_steps
         device = sampler.device
         references = {
-            "default": self._default_times(num_steps).to(device=device, dtype=torch.float32),
+            "default": self.sampler.default_times(num_steps).to(device=device, dtype=torch.float32),
             "uniform": eval_times(uniform_schedule(num_steps)).to(device=device, dtype=torch.float32),
         }
         rank, world = self.accelerator.process_index, self.accelerator.num_processes

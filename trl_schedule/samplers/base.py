@@ -185,7 +185,9 @@ class ScheduleSampler(ABC):
         `(B, S, D)`, `text_mask` `(B, S)` or None, `pooled` `(B, P)` or None."""
 
     @abstractmethod
-    def denoise(self, x_T: torch.Tensor, cond: Conditioning, times: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def denoise(
+        self, x_T: torch.Tensor, cond: Conditioning, times: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
         """Run L = `times.shape[1] - 1` model evaluations with a different schedule per row.
 
         Args:
@@ -198,5 +200,13 @@ class ScheduleSampler(ABC):
         """
 
     @abstractmethod
-    def decode(self, latents: torch.Tensor, height: int | None = None, width: int | None = None) -> torch.Tensor:
+    def default_times(self, num_steps: int) -> torch.Tensor:
+        """The pipeline's own L-step schedule, as the times `(L+1,)` float64 `t_0 .. t_L` its default call uses
+        (`t_L` = 0: the pipeline's last step goes to sigma 0; `t_0` may be < 1, e.g. SDXL's "leading" spacing).
+        This is the "default" every evaluation compares against."""
+
+    @abstractmethod
+    def decode(
+        self, latents: torch.Tensor, height: int | None = None, width: int | None = None
+    ) -> torch.Tensor:
         """Latents -> images `(B, 3, H, W)` in [0, 1] (float32)."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..schedules import flow_matching_sigmas
+from ..schedules import eval_times, flow_match_default_schedule, flow_matching_sigmas
 from .base import Conditioning, ScheduleSampler, check_prompts, check_rows
 
 
@@ -249,6 +249,12 @@ class FluxScheduleSampler(ScheduleSampler):
                 )[0]
                 latents = flow_match_euler_step(latents, velocity, sigma, sigma_next)
         return latents
+
+    def default_times(self, num_steps: int) -> torch.Tensor:
+        """`FluxPipeline`'s own schedule for `num_steps` at the sampler's image size: ``linspace(1, 1/L, L)``
+        shifted by the dynamic ``mu`` of the packed sequence length, then 0. Returns `(L+1,)` float64."""
+        seq_len = (self.height // self.size_multiple) * (self.width // self.size_multiple)
+        return eval_times(flow_match_default_schedule(self.pipeline.scheduler, num_steps, seq_len))
 
     def decode(
         self, latents: torch.Tensor, height: int | None = None, width: int | None = None

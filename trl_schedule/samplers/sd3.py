@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..schedules import flow_matching_sigmas
+from ..schedules import eval_times, flow_match_default_schedule, flow_matching_sigmas
 from .base import Conditioning, ScheduleSampler, check_prompts, check_rows
 from .flux import _vae_decode, flow_match_euler_step
 
@@ -231,6 +231,11 @@ class SD3ScheduleSampler(ScheduleSampler):
                     velocity = uncond + (scale * (text - uncond).to(torch.float32)).to(uncond.dtype)
                 latents = flow_match_euler_step(latents, velocity, sigma, sigma_next)
         return latents
+
+    def default_times(self, num_steps: int) -> torch.Tensor:
+        """`StableDiffusion3Pipeline`'s own schedule for `num_steps` (`scheduler.set_timesteps(L)`, e.g. shift
+        3), then 0. Returns `(L+1,)` float64."""
+        return eval_times(flow_match_default_schedule(self.pipeline.scheduler, num_steps))
 
     def decode(
         self, latents: torch.Tensor, height: int | None = None, width: int | None = None

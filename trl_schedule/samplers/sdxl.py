@@ -39,7 +39,7 @@ import torch
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import rescale_noise_cfg
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..schedules import sdxl_sigmas, sdxl_timesteps
+from ..schedules import sdxl_default_times, sdxl_sigmas, sdxl_timesteps
 from .base import Conditioning, ScheduleSampler, check_prompts, check_rows
 
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "original_sample")
@@ -364,6 +364,11 @@ class SDXLScheduleSampler(ScheduleSampler):
             x0 = model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)
         derivative = (sample - x0) / sigma
         return (sample + derivative * (sigma_next - sigma)).to(model_output.dtype)
+
+    def default_times(self, num_steps: int) -> torch.Tensor:
+        """`StableDiffusionXLPipeline`'s own EulerDiscrete schedule for `num_steps` (t_0 < 1 with "leading"
+        spacing), then 0. Returns `(L+1,)` float64."""
+        return sdxl_default_times(self.scheduler, num_steps)
 
     def decode(
         self, latents: torch.Tensor, height: int | None = None, width: int | None = None

@@ -14,8 +14,10 @@ Flow matching maps time to noise level unshifted, ``sigma = t`` (DESIGN.md §3);
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..schedules import flow_matching_sigmas
@@ -206,6 +208,13 @@ class TestbedScheduleSampler(ScheduleSampler):
                     velocity = uncond + (scale * (text - uncond).to(torch.float32)).to(uncond.dtype)
                 latents = flow_match_euler_step(latents, velocity, sigma, sigma_next)
         return latents
+
+    def default_times(self, num_steps: int) -> torch.Tensor:
+        """`TestbedPipeline`'s own schedule: ``sigmas = linspace(1, 1/L, L)`` through its scheduler (shift 1:
+        the uniform grid), then 0. Returns `(L+1,)` float64."""
+        scheduler = copy.deepcopy(self.pipeline.scheduler)
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / num_steps, num_steps))
+        return scheduler.sigmas.to(torch.float64).cpu()
 
     def decode(
         self, latents: torch.Tensor, height: int | None = None, width: int | None = None

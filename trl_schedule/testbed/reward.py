@@ -347,12 +347,14 @@ class TestbedReward:
         self.colour_threshold = colour_threshold
         self.min_area = min_area
 
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """Score images against prompts.
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], **kwargs) -> torch.Tensor:
+        """Score images against prompts (the project's reward contract).
 
         Args:
             images (`torch.Tensor` of shape `(N, 3, H, W)`): RGB in [0, 1]; resized to 32x32 (area).
             prompts (`Sequence[str]`): N prompts of the testbed grammar.
+            **kwargs: other dataset columns the trainer passes along (e.g. `prompt_type`); ignored — the
+                requirements are parsed from the prompt itself.
 
         Returns:
             `torch.Tensor` of shape `(N,)`, float32 on the images' device, in [0, 1] (NaN for non-finite
