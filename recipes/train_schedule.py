@@ -6,6 +6,13 @@ Instance-Level Sampling Schedules via REINFORCE with James-Stein Shrinkage", CVP
 The pipeline stays frozen; only the ~20M-parameter policy trains. The script trains, evaluates (learned vs the
 pipeline's default vs uniform schedules on fixed noises) and saves the policy to `--output_dir`.
 
+The embedded default (no arguments: `recipes/configs/testbed.yaml`, the shipped testbed model, its rule reward
+and held-out prompts; about 4 minutes on 2 CPU cores; writes `outputs/testbed/summary.json` and figures):
+
+```
+python recipes/train_schedule.py
+```
+
 Usage (the paper's Flux-dev + HPSv2 run: 8 GPUs x 2 contexts = 16 contexts per step, K=2, L=5):
 
 ```
@@ -47,8 +54,10 @@ Rewards (`--reward`; comma-separate several, weighted by `--reward_weights`):
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,8 +72,11 @@ from trl_schedule.samplers import sampler_for
 from trl_schedule.samplers.tiny import TINY_FAMILIES, TINY_IMAGE_SIZE, tiny_pipeline
 from trl_schedule.schedule_rl_config import ScheduleRLConfig
 from trl_schedule.schedule_rl_trainer import ScheduleRLTrainer
+from trl_schedule.schedules import times_to_tau
 
-REWARD_NAMES = ("hpsv2:<checkpoint>", "clip:<model>", "brightness")
+REWARD_NAMES = ("hpsv2:<checkpoint>", "clip:<model>", "testbed", "brightness")
+TESTBED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "testbed.yaml")
+"""Read when the script runs with neither --model_name_or_path, --tiny nor --config: the embedded default."""
 DEFAULT_NUM_TRAIN_PROMPTS, DEFAULT_NUM_TEST_PROMPTS = 2048, 256
 """Size of the embedded default prompt sets (used when `--dataset_name` is not given)."""
 TINY_MAX_SEQUENCE_LENGTH = 16
@@ -128,10 +140,12 @@ class ScheduleScriptArguments:
         default=None, metadata={"help": "Evaluation prompts from another dataset name or local file."}
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N prompts."})
-    reward: str = field(
-        default="brightness",
+    reward: str | None = field(
+        default=None,
         metadata={
-            "help": "Comma-separated rewards: 'hpsv2:<checkpoint>', 'clip:<model>', 'brightness' (toy)."
+            "help": "Comma-separated rewards: 'hpsv2:<checkpoint>', 'clip:<model>', 'testbed' (the embedded "
+            "world's rule reward), 'brightness' (toy). Default: 'testbed' for the embedded default, "
+            "'brightness' with --tiny; required with --model_name_or_path."
         },
     )
     reward_weights: list[float] | None = field(
@@ -145,7 +159,18 @@ class ScheduleScriptArguments:
         default="flux", metadata={"help": "Family of the tiny pipeline.", "choices": list(TINY_FAMILIES)}
     )
 
+    @property
+    def embedded(self) -> bool:
+        """No pipeline given and not --tiny: the embedded testbed world."""
+        return self.model_name_or_path is None and not self.tiny
+
     def __post_init__(self):
+        if self.reward is None:
+            if self.model_name_or_path is not None and not self.tiny:
+                raise ValueError(
+                    "--reward is required with --model_name_or_path, e.g. --reward hpsv2:/ckpt/HPS_v2.1_compressed.pt"
+                )
+            self.reward = "brightness" if self.tiny else "testbed"
         specs = parse_reward_specs(self.reward)
         if self.reward_weights is not None and len(self.reward_weights) != len(specs):
             raise ValueError(
@@ -156,11 +181,6 @@ class ScheduleScriptArguments:
             raise ValueError(f"--tiny_family {self.tiny_family!r} is not one of {list(TINY_FAMILIES)}.")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"--max_train_samples must be >= 1, got {self.max_train_samples}.")
-        if not self.tiny and self.model_name_or_path is None:
-            raise ValueError(
-                "--model_name_or_path is required: a diffusers pipeline hub id or a local save_pretrained "
-                "directory (or pass --tiny for a smoke run with a tiny pipeline built in code)."
-            )
 
 
 # ------------------------------------------------------------------------------------------------- rewards
@@ -191,7 +211,7 @@ def parse_reward_specs(spec: str) -> list[tuple[str, str | None]]:
     for item in spec.split(","):
         item = item.strip()
         name, _, arg = item.partition(":")
-        if name == "brightness" and not arg:
+        if name in ("brightness", "testbed") and not arg:
             parsed.append((name, None))
         elif name in ("hpsv2", "clip") and arg:
             parsed.append((name, arg))
@@ -212,6 +232,10 @@ def make_rewards(spec: str) -> list[Any]:
     for name, arg in parse_reward_specs(spec):
         if name == "brightness":
             rewards.append(brightness)
+        elif name == "testbed":
+            from trl_schedule.testbed import TestbedReward
+
+            rewards.append(TestbedReward())
         elif name == "clip":
             rewards.append(CLIPScoreReward(arg))
         else:
@@ -270,6 +294,11 @@ def load_pipeline(script_args: ScheduleScriptArguments, training_args: ScheduleR
     if script_args.tiny:
         kwargs = {"guidance_embeds": True} if script_args.tiny_family == "flux" else {}
         pipe = tiny_pipeline(script_args.tiny_family, seed=seed, **kwargs)
+    elif script_args.embedded:
+        from trl_schedule.testbed import load_testbed_pipeline
+
+        pipe = load_testbed_pipeline(dtype=getattr(torch, training_args.torch_dtype))
+        pipe.set_progress_bar_config(disable=True)
     elif script_args.lora_path is None:
         return script_args.model_name_or_path
     else:
@@ -287,6 +316,63 @@ def load_pipeline(script_args: ScheduleScriptArguments, training_args: ScheduleR
             )
         pipe.load_lora_weights(script_args.lora_path)
     return pipe
+
+
+def testbed_policy_config(pipe: Any, training_args: ScheduleRLConfig) -> DirichletSchedulePolicyConfig:
+    """A small policy (~0.4M parameters) for the 32x32 testbed, starting at the pipeline's default schedule
+    (`policy_init`); the ~20M default is sized for 128x128x16 Flux latents."""
+    sampler = sampler_for(pipe)
+    inputs = sampler.policy_inputs(
+        sampler.initial_noise(1, generator=torch.Generator().manual_seed(0)), sampler.encode(["a photo"])
+    )
+    init_schedule = None
+    if training_args.policy_init == "default":
+        times = sampler.default_times(training_args.num_steps)
+        init_schedule = times_to_tau(torch.cat([times, times.new_zeros(1)])).tolist()
+    return DirichletSchedulePolicyConfig(
+        num_steps=training_args.num_steps,
+        latent_channels=inputs["latents"].shape[1],
+        text_dim=inputs["text_states"].shape[-1],
+        pooled_dim=inputs["pooled"].shape[-1],
+        channels=(32, 64, 128),
+        text_hidden=64,
+        head_hidden=128,
+        num_attention_heads=4,
+        init=training_args.policy_init,
+        init_schedule=init_schedule,
+        init_concentration=training_args.init_concentration,
+    )
+
+
+def write_summary(trainer: ScheduleRLTrainer, metrics: dict[str, float], seconds: float) -> dict[str, Any]:
+    """Print and save `output_dir/summary.json`: the held-out mean reward of the default, uniform and learned
+    (policy mode) schedules on the same noises, at L = `num_steps`, and the wall time."""
+    args = trainer.args
+    summary = {
+        "L": args.num_steps,
+        "reward_default": metrics["eval_reward_default"],
+        "reward_uniform": metrics["eval_reward_uniform"],
+        "reward_learned": metrics["eval_reward_learned"],
+        "num_eval_prompts": args.num_eval_prompts,
+        "eval_prompts": "eval dataset" if trainer.eval_dataset is not None else "train dataset",
+        "train_steps": trainer.state.global_step,
+        "rollouts": trainer.state.global_step
+        * args.per_device_train_batch_size
+        * args.num_rollouts
+        * trainer.accelerator.num_processes,
+        "baseline": getattr(trainer.estimator, "name", type(trainer.estimator).__name__),
+        "seconds": round(seconds, 1),
+        "figures": "eval/ (default / uniform / learned on the same noises; learned schedules)",
+    }
+    path = os.path.join(args.output_dir, "summary.json")
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=2)
+    trainer.accelerator.print(
+        f"L={summary['L']}: held-out reward default {summary['reward_default']:.4f}, uniform "
+        f"{summary['reward_uniform']:.4f}, learned {summary['reward_learned']:.4f} "
+        f"({summary['train_steps']} steps, {summary['seconds']:.0f} s) -> {path}"
+    )
+    return summary
 
 
 def tiny_policy_config(pipe: Any, training_args: ScheduleRLConfig) -> DirichletSchedulePolicyConfig:
@@ -324,9 +410,11 @@ def make_parser() -> TrlParser:
 
 def main(argv: list[str] | None = None) -> ScheduleRLTrainer:
     """Parse `argv` (default: `sys.argv[1:]`), train, evaluate and save the policy to `--output_dir`."""
-    script_args, training_args = make_parser().parse_args_and_config(
-        args=sys.argv[1:] if argv is None else argv
-    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a.split("=")[0] in ("--model_name_or_path", "--tiny", "--config") for a in argv):
+        argv = ["--config", TESTBED_CONFIG, *argv]  # the embedded default (command-line flags still win)
+    start = time.perf_counter()
+    script_args, training_args = make_parser().parse_args_and_config(args=argv)
     if script_args.tiny:  # tiny pipelines are meant for 32x32 px and short T5 sequences
         training_args.height = training_args.height or TINY_IMAGE_SIZE
         training_args.width = training_args.width or TINY_IMAGE_SIZE
@@ -342,7 +430,11 @@ def main(argv: list[str] | None = None) -> ScheduleRLTrainer:
     if script_args.dataset_name is None:
         training_args.prompt_column = "prompt"  # the embedded default's column
     pipeline = load_pipeline(script_args, training_args)
-    policy = tiny_policy_config(pipeline, training_args) if script_args.tiny else None
+    policy = None
+    if script_args.tiny:
+        policy = tiny_policy_config(pipeline, training_args)
+    elif script_args.embedded:
+        policy = testbed_policy_config(pipeline, training_args)
 
     trainer = ScheduleRLTrainer(
         pipeline=pipeline,
@@ -357,6 +449,8 @@ def main(argv: list[str] | None = None) -> ScheduleRLTrainer:
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        write_summary(trainer, metrics, time.perf_counter() - start)
     trainer.accelerator.print(
         f"Policy saved to {training_args.output_dir} ({trainer.accelerator.num_processes} process(es))."
     )

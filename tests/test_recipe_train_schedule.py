@@ -211,8 +211,10 @@ def test_rewards_and_script_argument_errors(recipe):
         recipe.ScheduleScriptArguments(reward="brightness,brightness", reward_weights=[1.0], tiny=True)
     with pytest.raises(FileNotFoundError, match="HPSv2 checkpoint not found"):
         recipe.make_rewards("hpsv2:/nonexistent/HPS_v2.1_compressed.pt")
-    with pytest.raises(ValueError, match="--model_name_or_path is required"):
-        recipe.main(["--dataset_name", "unused", "--output_dir", "unused", "--use_cpu", "true"])
+    with pytest.raises(ValueError, match="--reward is required with --model_name_or_path"):
+        recipe.ScheduleScriptArguments(model_name_or_path="my/pipeline")
+    assert recipe.ScheduleScriptArguments().reward == "testbed"  # the embedded default
+    assert recipe.ScheduleScriptArguments(tiny=True).reward == "brightness"
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
@@ -276,3 +278,23 @@ def test_accelerate_configs_load(name):
             raw["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"]
             in DirichletSchedulePolicy._no_split_modules
         )
+
+
+def test_embedded_default_main_job(recipe, tmp_path, monkeypatch):
+    """No --model_name_or_path / --tiny / --config: the embedded testbed (shipped model, rule reward, held-out
+    prompts) from recipes/configs/testbed.yaml; ends with summary.json and the eval figures."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    trainer = recipe.main(
+        ["--max_steps", "2", "--num_eval_prompts", "8", "--log_images_steps", "0", "--output_dir", str(out)]
+    )
+    assert trainer.sampler.family == "testbed" and trainer.args.num_steps == 2
+    assert trainer.reward_func_names == ["TestbedReward"]
+    assert trainer.model.config.init == "default"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["L"] == 2 and summary["train_steps"] == 2 and summary["seconds"] > 0
+    for key in ("reward_default", "reward_uniform", "reward_learned"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert summary["reward_default"] == pytest.approx(summary["reward_uniform"])  # the testbed's default is uniform
+    assert (out / "eval" / "step_000002_default_uniform_learned.png").exists()
+    assert (out / "eval" / "step_000002_schedules.png").exists()
