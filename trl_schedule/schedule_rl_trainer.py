@@ -176,7 +176,7 @@ def save_schedule_plot(
     ax.set_xlabel("model evaluation l (last point: stopping margin t_L)")
     ax.set_ylabel("t")
     ax.set_title(title)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="upper right")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=80)
 
@@ -736,18 +736,19 @@ class ScheduleRLTrainer(_BaseTrainer):
 
     def _write_eval_figures(self, images: torch.Tensor, learned: torch.Tensor, prompts: list[str]) -> None:
         """`images` `(3, M, 3, H, W)` (default, uniform, learned rows; same noise per column) and the learned
-        times `(M, L+1)` against the two references, under `output_dir/eval/`."""
+        times `(M, L+1)` against the two references, under `output_dir/eval/` (the first 16 prompts in the grid,
+        32 schedules in the plot, 8 of them labelled)."""
         step = self.state.global_step
         out = Path(self.args.output_dir) / "eval"
-        save_image_grid(images, out / f"step_{step:06d}_default_uniform_learned.png")
+        save_image_grid(images[:, :16], out / f"step_{step:06d}_default_uniform_learned.png")
         num_steps = learned.shape[1] - 1
         references = {
             "default": self.sampler.default_times(num_steps).float(),
             "uniform": eval_times(uniform_schedule(num_steps)).float(),
         }
         save_schedule_plot(
-            learned,
-            [p[:32] for p in prompts],
+            learned[:32],
+            [p[:40] if i < 8 else None for i, p in enumerate(prompts[:32])],
             out / f"step_{step:06d}_schedules.png",
             f"learned schedules (policy mode), step {step}",
             references=references,
