@@ -169,7 +169,6 @@ class ScheduleSampler(ABC):
     def encode(self, prompts: list[str], **kwargs: Any) -> Conditioning:
         """Encode `prompts` with the pipeline's own `encode_prompt`."""
 
-    @abstractmethod
     def initial_noise(
         self,
         batch_size: int,
@@ -177,12 +176,40 @@ class ScheduleSampler(ABC):
         height: int | None = None,
         width: int | None = None,
     ) -> torch.Tensor:
-        """x_T in the layout the pipeline's own `latents=` argument takes."""
+        """x_T in the layout the pipeline's own `latents=` argument takes, drawn by the pipeline's own
+        `prepare_latents(batch, channels, height, width, dtype, device, generator)` (the denoiser's dtype), so
+        the same tensor can be passed to the pipeline. `height`/`width` (pixels) become the sampler's defaults.
+        Families whose `prepare_latents` differs (Flux packs, SDXL scales) override this.
 
-    @abstractmethod
+        Returns:
+            `torch.Tensor` of shape `(B, C, height / vae_scale_factor, width / vae_scale_factor)`.
+        """
+        self.height, self.width = self._size(height, width)
+        return self.pipeline.prepare_latents(
+            batch_size,
+            self.denoiser.config.in_channels,
+            self.height,
+            self.width,
+            self.dtype,
+            self.device,
+            generator,
+        )
+
     def policy_inputs(self, x_T: torch.Tensor, cond: Conditioning) -> dict[str, torch.Tensor | None]:
-        """What the schedule policy reads: `latents` `(B, C, h, w)` (spatial, unpacked), `text_states`
-        `(B, S, D)`, `text_mask` `(B, S)` or None, `pooled` `(B, P)` or None."""
+        """What the schedule policy reads: `latents` `(B, C, h, w)` (spatial x_T), `text_states` `(B, S, D)`,
+        `text_mask` `(B, S)` or None, `pooled` `(B, P)` or None (the conditional branch). Families whose x_T is
+        not spatial (Flux packs it) override this."""
+        if x_T.shape[0] != len(cond):
+            raise ValueError(
+                f"x_T has {x_T.shape[0]} rows but cond has {len(cond)}; encode one prompt per row of x_T "
+                "(use `cond.repeat_interleave(k)` for k rollouts per prompt)."
+            )
+        return {
+            "latents": x_T,
+            "text_states": cond.text_states,
+            "text_mask": cond.text_mask,
+            "pooled": cond.pooled,
+        }
 
     @abstractmethod
     def denoise(

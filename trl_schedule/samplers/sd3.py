@@ -136,40 +136,6 @@ class SD3ScheduleSampler(ScheduleSampler):
             )
         return cond
 
-    def initial_noise(
-        self,
-        batch_size: int,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        height: int | None = None,
-        width: int | None = None,
-    ) -> torch.Tensor:
-        """x_T exactly as `StableDiffusion3Pipeline.prepare_latents` draws it (denoiser dtype); it can be
-        passed as the pipeline's `latents=`. `height`/`width` (pixels) become the sampler's defaults.
-
-        Returns:
-            `torch.Tensor` of shape `(B, C, height / vae_scale_factor, width / vae_scale_factor)`.
-        """
-        self.height, self.width = self._size(height, width)
-        return self.pipeline.prepare_latents(
-            batch_size,
-            self.denoiser.config.in_channels,
-            self.height,
-            self.width,
-            self.dtype,
-            self.device,
-            generator,
-        )
-
-    def policy_inputs(self, x_T: torch.Tensor, cond: Conditioning) -> dict[str, torch.Tensor | None]:
-        """What the schedule policy reads: `latents` `(B, C, h, w)` (x_T itself), `text_states` `(B, S, D)`,
-        `text_mask` `(B, S)`, `pooled` `(B, P)` (the conditional branch)."""
-        return {
-            "latents": x_T,
-            "text_states": cond.text_states,
-            "text_mask": cond.text_mask,
-            "pooled": cond.pooled,
-        }
-
     def denoise(self, x_T: torch.Tensor, cond: Conditioning, times: torch.Tensor) -> torch.Tensor:
         """Run L = `times.shape[1] - 1` transformer calls, each ONE call for the whole batch (with CFG: the
         unconditional and conditional branches concatenated, ``2B`` rows) with per-row timesteps.

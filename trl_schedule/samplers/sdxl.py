@@ -229,20 +229,6 @@ class SDXLScheduleSampler(ScheduleSampler):
         shape = (batch_size, self.denoiser.config.in_channels, self.height // f, self.width // f)
         return randn_tensor(shape, generator=generator, device=self.device, dtype=self._text_dtype())
 
-    def policy_inputs(self, x_T: torch.Tensor, cond: Conditioning) -> dict[str, torch.Tensor | None]:
-        """`latents` `(B, 4, h, w)` (x_T), `text_states` `(B, S, D)`, `text_mask` None, `pooled` `(B, P)`."""
-        if x_T.shape[0] != len(cond):
-            raise ValueError(
-                f"x_T has {x_T.shape[0]} rows but cond has {len(cond)}; encode one prompt per row of x_T "
-                "(use `cond.repeat_interleave(k)` for k rollouts per prompt)."
-            )
-        return {
-            "latents": x_T,
-            "text_states": cond.text_states,
-            "text_mask": cond.text_mask,
-            "pooled": cond.pooled,
-        }
-
     def initial_scale(self, sigma_0: torch.Tensor) -> torch.Tensor:
         """The factor unscaled noise is multiplied by at the start of a row whose first sigma is `sigma_0`.
 
