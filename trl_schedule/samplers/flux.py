@@ -16,6 +16,7 @@ Also holds the flow-matching helpers SD3 shares: :func:`flow_match_euler_step` a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -44,6 +45,69 @@ def flow_match_euler_step(
     """
     dt = (sigma_next - sigma).to(torch.float32).view(-1, *([1] * (velocity.ndim - 1)))
     return (latents.to(torch.float32) + dt.to(velocity.dtype) * velocity).to(velocity.dtype)
+
+
+def flow_match_cfg_denoise(
+    sampler: ScheduleSampler,
+    x_T: torch.Tensor,
+    cond: Conditioning,
+    times: torch.Tensor,
+    velocity_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """The flow-matching loop SD3 and the testbed share: L model calls, each ONE call for the whole batch (with
+    classifier-free guidance the unconditional and conditional branches concatenated, ``2B`` rows, in the
+    pipelines' order [uncond, cond]) with per-row timesteps ``1000 * sigma_l``; then
+    ``v = v_uncond + g * (v_cond - v_uncond)`` with each row's guidance scale ``g`` (formed in float32 and
+    rounded once, as the pipelines' Python-float product) and :func:`flow_match_euler_step`. CFG is on when
+    `cond` has a negative branch. No gradients; no host-device sync inside the loop (checks run before it).
+
+    Args:
+        sampler: the calling sampler (its device, dtype, denoiser and scheduler).
+        x_T (`torch.Tensor` of shape `(B, C, h, w)`), cond, times (`(B, L+1)`): as in `ScheduleSampler.denoise`.
+        velocity_fn: ``(model_input, timestep, text_states, pooled) -> velocity``, the family's model call.
+
+    Returns:
+        `torch.Tensor` of shape `(B, C, h, w)`: the state at ``t_L``, denoiser dtype.
+    """
+    check_rows(x_T, cond, times)
+    channels = sampler.denoiser.config.in_channels
+    if x_T.ndim != 4 or x_T.shape[1] != channels:
+        raise ValueError(
+            f"`x_T` has shape {tuple(x_T.shape)}, expected (B, {channels}, h, w) from `initial_noise`."
+        )
+    cfg = cond.negative_text_states is not None
+    if cfg and (cond.negative_pooled is None or "guidance_scale" not in cond.extras):
+        raise ValueError(
+            "`cond` has `negative_text_states` but no `negative_pooled` or `extras['guidance_scale']`: "
+            "build it with this sampler's `encode`."
+        )
+    if cond.pooled is None:
+        raise ValueError("`cond.pooled` is None: this denoiser needs it; build `cond` with the sampler's `encode`.")
+    device, dtype = sampler.device, sampler.dtype
+    num_train = sampler.pipeline.scheduler.config.num_train_timesteps
+    sigmas = flow_matching_sigmas(times).to(device=device, dtype=torch.float32)
+    latents = x_T.to(device=device, dtype=dtype)
+    text_states, pooled = cond.text_states, cond.pooled
+    if cfg:
+        text_states = torch.cat([cond.negative_text_states, text_states])
+        pooled = torch.cat([cond.negative_pooled, pooled])
+        scale = cond.extras["guidance_scale"].to(device=device, dtype=torch.float32).view(-1, 1, 1, 1)
+    text_states = text_states.to(device=device, dtype=dtype)
+    pooled = pooled.to(device=device, dtype=dtype)
+
+    with torch.no_grad():
+        for step in range(sigmas.shape[1] - 1):
+            sigma, sigma_next = sigmas[:, step], sigmas[:, step + 1]
+            timestep = sigma * num_train  # float32, as the pipelines pass scheduler.timesteps
+            model_input = latents
+            if cfg:
+                model_input, timestep = torch.cat([latents, latents]), torch.cat([timestep, timestep])
+            velocity = velocity_fn(model_input, timestep, text_states, pooled)
+            if cfg:
+                uncond, text = velocity.chunk(2)
+                velocity = uncond + (scale * (text - uncond).to(torch.float32)).to(uncond.dtype)
+            latents = flow_match_euler_step(latents, velocity, sigma, sigma_next)
+    return latents
 
 
 class FluxScheduleSampler(ScheduleSampler):

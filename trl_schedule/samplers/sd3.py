@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from ..schedules import eval_times, flow_match_default_schedule, flow_matching_sigmas
-from .base import Conditioning, ScheduleSampler, check_prompts, check_rows
-from .flux import _vae_decode, flow_match_euler_step
+from ..schedules import eval_times, flow_match_default_schedule
+from .base import Conditioning, ScheduleSampler, check_prompts
+from .flux import _vae_decode, flow_match_cfg_denoise
 
 
 class SD3ScheduleSampler(ScheduleSampler):
@@ -153,50 +153,18 @@ class SD3ScheduleSampler(ScheduleSampler):
         Returns:
             `torch.Tensor` of shape `(B, C, h, w)`: latents at ``t_L``, denoiser dtype.
         """
-        check_rows(x_T, cond, times)
-        if x_T.ndim != 4 or x_T.shape[1] != self.denoiser.config.in_channels:
-            raise ValueError(
-                f"`x_T` has shape {tuple(x_T.shape)}, expected (B, {self.denoiser.config.in_channels}, h, w) "
-                "from `initial_noise`."
-            )
-        cfg = cond.negative_text_states is not None
-        if cfg and (cond.negative_pooled is None or "guidance_scale" not in cond.extras):
-            raise ValueError(
-                "`cond` has `negative_text_states` but no `negative_pooled` or `extras['guidance_scale']`: "
-                "build it with this sampler's `encode`."
-            )
-        device, dtype, transformer = self.device, self.dtype, self.denoiser
-        num_train = self.pipeline.scheduler.config.num_train_timesteps
-        sigmas = flow_matching_sigmas(times).to(device=device, dtype=torch.float32)
-        latents = x_T.to(device=device, dtype=dtype)
-        text_states, pooled = cond.text_states, cond.pooled
-        if cfg:  # the pipeline's order: [uncond, cond]
-            text_states = torch.cat([cond.negative_text_states, text_states])
-            pooled = torch.cat([cond.negative_pooled, pooled])
-            scale = cond.extras["guidance_scale"].to(device=device, dtype=torch.float32).view(-1, 1, 1, 1)
-        text_states = text_states.to(device=device, dtype=dtype)
-        pooled = pooled.to(device=device, dtype=dtype)
+        transformer = self.denoiser
 
-        with torch.no_grad():
-            for step in range(sigmas.shape[1] - 1):
-                sigma, sigma_next = sigmas[:, step], sigmas[:, step + 1]
-                timestep = sigma * num_train  # float32, as the pipeline passes scheduler.timesteps
-                model_input = latents
-                if cfg:
-                    model_input, timestep = torch.cat([latents, latents]), torch.cat([timestep, timestep])
-                velocity = transformer(
-                    hidden_states=model_input,
-                    timestep=timestep,
-                    encoder_hidden_states=text_states,
-                    pooled_projections=pooled,
-                    return_dict=False,
-                )[0]
-                if cfg:
-                    uncond, text = velocity.chunk(2)
-                    # as the pipeline's Python-float product: computed in float32, rounded once
-                    velocity = uncond + (scale * (text - uncond).to(torch.float32)).to(uncond.dtype)
-                latents = flow_match_euler_step(latents, velocity, sigma, sigma_next)
-        return latents
+        def velocity(model_input, timestep, text_states, pooled):
+            return transformer(
+                hidden_states=model_input,
+                timestep=timestep,
+                encoder_hidden_states=text_states,
+                pooled_projections=pooled,
+                return_dict=False,
+            )[0]
+
+        return flow_match_cfg_denoise(self, x_T, cond, times, velocity)
 
     def default_times(self, num_steps: int) -> torch.Tensor:
         """`StableDiffusion3Pipeline`'s own schedule for `num_steps` (`scheduler.set_timesteps(L)`, e.g. shift

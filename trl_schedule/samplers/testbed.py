@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..schedules import flow_matching_sigmas
-from .base import Conditioning, ScheduleSampler, check_prompts, check_rows
-from .flux import flow_match_euler_step
+from .base import Conditioning, ScheduleSampler, check_prompts
+from .flux import flow_match_cfg_denoise
 
 
 class TestbedScheduleSampler(ScheduleSampler):
@@ -129,51 +128,14 @@ class TestbedScheduleSampler(ScheduleSampler):
         Returns:
             `torch.Tensor` of shape `(B, 3, H, W)`: the state at ``t_L`` in model space ([-1, 1]), UNet dtype.
         """
-        check_rows(x_T, cond, times)
-        channels = self.denoiser.config.in_channels
-        if x_T.ndim != 4 or x_T.shape[1] != channels:
-            raise ValueError(
-                f"`x_T` has shape {tuple(x_T.shape)}, expected (B, {channels}, H, W) from `initial_noise`."
-            )
-        cfg = cond.negative_text_states is not None
-        if cfg and (cond.negative_pooled is None or "guidance_scale" not in cond.extras):
-            raise ValueError(
-                "`cond` has `negative_text_states` but no `negative_pooled` or `extras['guidance_scale']`: "
-                "build it with this sampler's `encode`."
-            )
-        if cond.pooled is None:
-            raise ValueError("`cond.pooled` is None: the testbed UNet needs it; build `cond` with `encode`.")
-        device, dtype, unet = self.device, self.dtype, self.denoiser
-        num_train = self.pipeline.scheduler.config.num_train_timesteps
-        sigmas = flow_matching_sigmas(times).to(device=device, dtype=torch.float32)
-        latents = x_T.to(device=device, dtype=dtype)
-        states, pooled = cond.text_states, cond.pooled
-        if cfg:  # the pipeline's order: [uncond, cond]
-            states = torch.cat([cond.negative_text_states, states])
-            pooled = torch.cat([cond.negative_pooled, pooled])
-            scale = cond.extras["guidance_scale"].to(device=device, dtype=torch.float32).view(-1, 1, 1, 1)
-        states = states.to(device=device, dtype=dtype)
-        pooled = pooled.to(device=device, dtype=dtype)
+        unet = self.denoiser
 
-        with torch.no_grad():
-            for step in range(sigmas.shape[1] - 1):
-                sigma, sigma_next = sigmas[:, step], sigmas[:, step + 1]
-                timestep = sigma * num_train  # float32, as the pipeline passes scheduler.timesteps
-                model_input = latents
-                if cfg:
-                    model_input, timestep = torch.cat([latents, latents]), torch.cat([timestep, timestep])
-                velocity = unet(
-                    model_input,
-                    timestep,
-                    encoder_hidden_states=states,
-                    class_labels=pooled,
-                    return_dict=False,
-                )[0]
-                if cfg:
-                    uncond, text = velocity.chunk(2)
-                    velocity = uncond + (scale * (text - uncond).to(torch.float32)).to(uncond.dtype)
-                latents = flow_match_euler_step(latents, velocity, sigma, sigma_next)
-        return latents
+        def velocity(model_input, timestep, text_states, pooled):
+            return unet(
+                model_input, timestep, encoder_hidden_states=text_states, class_labels=pooled, return_dict=False
+            )[0]
+
+        return flow_match_cfg_denoise(self, x_T, cond, times, velocity)
 
     def default_times(self, num_steps: int) -> torch.Tensor:
         """`TestbedPipeline`'s own schedule: ``sigmas = linspace(1, 1/L, L)`` through its scheduler (shift 1:
