@@ -72,6 +72,18 @@ class Conditioning:
         """The rows `rows` (a slice or an index tensor)."""
         return self._map(lambda t: t[rows])
 
+    def add_guidance(
+        self, negative_text_states: torch.Tensor, negative_pooled: torch.Tensor | None, scale: float
+    ) -> Conditioning:
+        """Attach the unconditional branch for classifier-free guidance and the per-row guidance scale
+        (`extras["guidance_scale"]`, `(B,)` float32), in place; returns `self`."""
+        self.negative_text_states = negative_text_states
+        self.negative_pooled = negative_pooled
+        self.extras["guidance_scale"] = torch.full(
+            (len(self),), float(scale), device=self.text_states.device, dtype=torch.float32
+        )
+        return self
+
     def to(self, *args: Any, **kwargs: Any) -> Conditioning:
         return self._map(lambda t: t.to(*args, **kwargs))
 

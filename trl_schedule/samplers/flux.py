@@ -82,7 +82,9 @@ def flow_match_cfg_denoise(
             "build it with this sampler's `encode`."
         )
     if cond.pooled is None:
-        raise ValueError("`cond.pooled` is None: this denoiser needs it; build `cond` with the sampler's `encode`.")
+        raise ValueError(
+            "`cond.pooled` is None: this denoiser needs it; build `cond` with the sampler's `encode`."
+        )
     device, dtype = sampler.device, sampler.dtype
     num_train = sampler.pipeline.scheduler.config.num_train_timesteps
     sigmas = flow_matching_sigmas(times).to(device=device, dtype=torch.float32)

@@ -129,11 +129,7 @@ class SD3ScheduleSampler(ScheduleSampler):
             pooled=pooled,
         )
         if scale > 1:
-            cond.negative_text_states = negative_states
-            cond.negative_pooled = negative_pooled
-            cond.extras["guidance_scale"] = torch.full(
-                (len(prompts),), scale, device=self.device, dtype=torch.float32
-            )
+            cond.add_guidance(negative_states, negative_pooled, scale)
         return cond
 
     def denoise(self, x_T: torch.Tensor, cond: Conditioning, times: torch.Tensor) -> torch.Tensor:

@@ -187,17 +187,10 @@ class SDXLScheduleSampler(ScheduleSampler):
             text_encoder_projection_dim=projection_dim,
         )
         time_ids = time_ids.to(self.device).repeat(len(prompts), 1)
-        cond = Conditioning(
-            text_states=text_states,
-            pooled=pooled,
-            extras={
-                "add_time_ids": time_ids,
-                "guidance_scale": torch.full((len(prompts),), scale, device=self.device, dtype=torch.float32),
-            },
-        )
+        cond = Conditioning(text_states=text_states, pooled=pooled, extras={"add_time_ids": time_ids})
+        # the scale travels even without CFG (the UNet's guidance embedding of LCM-style models reads it)
+        cond.add_guidance(negative_states if do_cfg else None, negative_pooled if do_cfg else None, scale)
         if do_cfg:
-            cond.negative_text_states = negative_states
-            cond.negative_pooled = negative_pooled
             cond.extras["negative_add_time_ids"] = time_ids.clone()
         return cond
 

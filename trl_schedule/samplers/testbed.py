@@ -103,11 +103,7 @@ class TestbedScheduleSampler(ScheduleSampler):
         ).attention_mask
         cond = Conditioning(text_states=states, text_mask=mask.to(self.device), pooled=pooled)
         if scale > 1:
-            cond.negative_text_states = neg_states
-            cond.negative_pooled = neg_pooled
-            cond.extras["guidance_scale"] = torch.full(
-                (len(prompts),), scale, device=self.device, dtype=torch.float32
-            )
+            cond.add_guidance(neg_states, neg_pooled, scale)
         return cond
 
     def denoise(self, x_T: torch.Tensor, cond: Conditioning, times: torch.Tensor) -> torch.Tensor:
@@ -132,7 +128,11 @@ class TestbedScheduleSampler(ScheduleSampler):
 
         def velocity(model_input, timestep, text_states, pooled):
             return unet(
-                model_input, timestep, encoder_hidden_states=text_states, class_labels=pooled, return_dict=False
+                model_input,
+                timestep,
+                encoder_hidden_states=text_states,
+                class_labels=pooled,
+                return_dict=False,
             )[0]
 
         return flow_match_cfg_denoise(self, x_T, cond, times, velocity)
