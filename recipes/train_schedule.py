@@ -341,6 +341,7 @@ def testbed_policy_config(pipe: Any, training_args: ScheduleRLConfig) -> Dirichl
         init=training_args.policy_init,
         init_schedule=init_schedule,
         init_concentration=training_args.init_concentration,
+        inputs=training_args.policy_inputs,
     )
 
 
@@ -401,6 +402,7 @@ def tiny_policy_config(pipe: Any, training_args: ScheduleRLConfig) -> DirichletS
         num_attention_heads=2,
         head_hidden=16,
         init_concentration=training_args.init_concentration,
+        inputs=training_args.policy_inputs,
     )
 
 

@@ -242,6 +242,69 @@ def test_reinforce_gradient_reaches_every_layer():
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
 
 
+# ------------------------------------------------------------------------------- ablation inputs
+
+
+def _perturbed(batch, key):
+    other = dict(batch)
+    other[key] = torch.randn(batch[key].shape, generator=torch.Generator().manual_seed(7))
+    return other
+
+
+def test_inputs_noise_and_prompt_depends_on_both():
+    policy = tiny_policy().eval()
+    batch = inputs(batch=2)
+    with torch.no_grad():
+        alpha = policy(**batch)
+        assert not torch.allclose(policy(**_perturbed(batch, "latents")), alpha)
+        assert not torch.allclose(policy(**_perturbed(batch, "text_states")), alpha)
+
+
+def test_inputs_prompt_ignores_the_noise_but_not_the_prompt():
+    policy = tiny_policy(inputs="prompt").eval()
+    batch = inputs(batch=2)
+    with torch.no_grad():
+        alpha = policy(**batch)
+        torch.testing.assert_close(policy(**_perturbed(batch, "latents")), alpha, rtol=0, atol=0)
+        torch.testing.assert_close(
+            policy(**dict(batch, latents=torch.randn(2, 4, 5, 3))), alpha, rtol=0, atol=0
+        )
+        assert not torch.allclose(policy(**_perturbed(batch, "text_states")), alpha)
+        assert not torch.allclose(policy(**_perturbed(batch, "pooled")), alpha)
+
+
+def test_inputs_none_is_one_global_distribution_that_learns():
+    policy = tiny_policy(
+        randomize_head=False, inputs="none", init="default", init_schedule=[0.4, 0.3, 0.2, 0.1]
+    )
+    batch = inputs(batch=3)
+    alpha = policy(**batch)
+    # every row, whatever its noise and prompt, gets the configured initial concentrations
+    expected = policy.config.initial_concentrations().float().expand(3, -1)
+    torch.testing.assert_close(alpha, expected, rtol=1e-5, atol=1e-5)
+    other = policy(**dict(inputs(batch=3, seed=1), latents=torch.randn(3, 4, 2, 2)))
+    torch.testing.assert_close(other, alpha, rtol=0, atol=0)
+    # REINFORCE moves it: the head's last bias gets a gradient, and the distribution stays global
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.5)
+    torch.manual_seed(0)
+    tau, log_prob = policy.sample(alpha)
+    (-(torch.tensor([1.0, -1.0, 0.5]) * log_prob).mean()).backward()
+    assert policy.head[-1].bias.grad.abs().sum() > 0
+    optimizer.step()
+    with torch.no_grad():
+        moved = policy(**batch)
+        assert not torch.allclose(moved, alpha)
+        torch.testing.assert_close(moved, moved[:1].expand(3, -1), rtol=0, atol=0)
+
+
+def test_inputs_validation_and_round_trip(tmp_path):
+    with pytest.raises(ValueError, match="`inputs` must be one of"):
+        tiny_config(inputs="noise")
+    policy = tiny_policy(inputs="prompt")
+    policy.save_pretrained(tmp_path)
+    assert DirichletSchedulePolicy.from_pretrained(tmp_path).config.inputs == "prompt"
+
+
 # ------------------------------------------------------------------------------------------- HF integration
 
 

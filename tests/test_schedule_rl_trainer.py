@@ -261,6 +261,22 @@ def test_default_policy_is_sized_from_the_sampler(pipes, tmp_path):
         pipes["flux"].scheduler, 3, (32 // 8) * (32 // 8)
     )  # packed tokens at 32 px
     torch.testing.assert_close(torch.tensor(config.init_schedule, dtype=torch.float64), expected)
+    assert config.inputs == "noise_and_prompt"
+
+
+@pytest.mark.parametrize("policy_inputs", ["prompt", "none"])
+def test_ablation_policies_train(pipes, tmp_path, policy_inputs):
+    """`policy_inputs` reaches the policy the trainer builds, and a step updates it."""
+    trainer = ScheduleRLTrainer(
+        pipeline=pipes["flux"],
+        reward_funcs=contrast,
+        args=tiny_args(tmp_path, policy_inputs=policy_inputs, max_steps=1),
+        train_dataset=prompt_dataset(),
+    )
+    assert trainer.model.config.inputs == policy_inputs
+    before = trainer.model.head[-1].bias.detach().clone()
+    trainer.train()
+    assert not torch.equal(trainer.model.head[-1].bias.detach(), before)
 
 
 def test_dataset_from_a_local_file(pipes, tmp_path):
@@ -329,6 +345,7 @@ def test_bad_datasets_fail_before_loading_the_pipeline(dataset, overrides, match
         ({"baseline": "js"}, "baseline"),
         ({"num_steps": 0}, "num_steps"),
         ({"policy_init": "shifted"}, "policy_init"),
+        ({"policy_inputs": "noise"}, "policy_inputs"),
         ({"init_concentration": -1.0}, "init_concentration"),
         ({"height": 0}, "height"),
         ({"torch_dtype": "float8"}, "torch_dtype"),

@@ -46,6 +46,8 @@ CONCENTRATION_FLOOR = 1e-3
 """Added to ``softplus`` so that no concentration is 0 (DESIGN.md §3)."""
 
 _INITS = ("uniform", "default")
+INPUTS = ("noise_and_prompt", "prompt", "none")
+"""What a policy conditions on (`DirichletSchedulePolicyConfig.inputs`)."""
 
 
 class DirichletSchedulePolicyConfig(PretrainedConfig):
@@ -79,6 +81,13 @@ class DirichletSchedulePolicyConfig(PretrainedConfig):
             `init="default"`.
         init_concentration (`float`, defaults to 20.0):
             Total concentration `alpha.sum()` at initialisation (larger = samples closer to the mean).
+        inputs (`str`, defaults to `"noise_and_prompt"`):
+            What the schedule may depend on. `"noise_and_prompt"`: the instance (x_T, prompt), the paper's
+            policy. `"prompt"`: the prompt only (x_T is replaced by a 1x1 zero image, so every noise of a prompt
+            gets the same distribution). `"none"`: nothing, one learned *global* distribution (the head sees a zero
+            feature vector, so only its biases matter). The last two exist for ablations: they answer how
+            much of a gain comes from conditioning on the instance. The forward signature is the same for
+            all three.
     """
 
     model_type = "dirichlet_schedule_policy"
@@ -96,6 +105,7 @@ class DirichletSchedulePolicyConfig(PretrainedConfig):
         init: str = "uniform",
         init_schedule: list[float] | None = None,
         init_concentration: float = 20.0,
+        inputs: str = "noise_and_prompt",
         **kwargs,
     ):
         for name, value in (
@@ -125,6 +135,10 @@ class DirichletSchedulePolicyConfig(PretrainedConfig):
             )
         if init not in _INITS:
             raise ValueError(f"`init` must be one of {_INITS}, got {init!r}.")
+        if inputs not in INPUTS:
+            raise ValueError(
+                f"`inputs` must be one of {INPUTS} (what the schedule may depend on), got {inputs!r}."
+            )
         if not (isinstance(init_concentration, (int, float)) and math.isfinite(init_concentration)):
             raise ValueError(f"`init_concentration` must be a finite number > 0, got {init_concentration!r}.")
         if init == "default" and init_schedule is None:
@@ -169,6 +183,7 @@ class DirichletSchedulePolicyConfig(PretrainedConfig):
         self.init = init
         self.init_schedule = init_schedule
         self.init_concentration = float(init_concentration)
+        self.inputs = inputs
         super().__init__(**kwargs)
 
     def initial_concentrations(self) -> torch.Tensor:
@@ -399,7 +414,12 @@ class DirichletSchedulePolicy(PreTrainedModel):
         """
         self._check_inputs(latents, text_states, text_mask, pooled)
         dtype, device = self.dtype, self.device
+        if self.config.inputs == "none":  # one global distribution: the head's biases alone
+            features = torch.zeros(latents.shape[0], self.config.channels[-1], device=device, dtype=dtype)
+            return F.softplus(self.head(features)) + CONCENTRATION_FLOOR
         x = latents.to(device=device, dtype=dtype)
+        if self.config.inputs == "prompt":  # a 1x1 zero image: nothing of x_T, not even its size
+            x = x.new_zeros(x.shape[0], x.shape[1], 1, 1)
         tokens, mask = self.text_projection(text_states.to(device=device, dtype=dtype), text_mask)
         pooled_biases = [None] * len(self.blocks)
         if self.pooled_projection is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from trl.trainer.base_config import _BaseConfig
 
 from .estimators import ESTIMATORS
+from .policy import INPUTS as _POLICY_INPUTS
 
 __all__ = ["ScheduleRLConfig"]
 
@@ -151,6 +152,14 @@ class ScheduleRLConfig(_BaseConfig):
         default=20.0,
         metadata={"help": "Total Dirichlet concentration at initialisation (larger = less exploration)."},
     )
+    policy_inputs: str = field(
+        default="noise_and_prompt",
+        metadata={
+            "help": "What a policy built by the trainer conditions on: noise_and_prompt (the paper's instance "
+            "policy), prompt (prompt only) or none (one global learned schedule); the last two are ablations.",
+            "choices": list(_POLICY_INPUTS),
+        },
+    )
 
     # --------------------------------------------------------------------------------------------------- data
     prompt_column: str = field(
@@ -240,6 +249,11 @@ class ScheduleRLConfig(_BaseConfig):
             )
         if self.policy_init not in _POLICY_INITS:
             raise ValueError(f"`policy_init`={self.policy_init!r} must be one of {_POLICY_INITS}.")
+        if self.policy_inputs not in _POLICY_INPUTS:
+            raise ValueError(
+                f"`policy_inputs`={self.policy_inputs!r} must be one of {_POLICY_INPUTS} (what the schedule may "
+                "depend on)."
+            )
         if not (
             isinstance(self.init_concentration, (int, float))
             and math.isfinite(self.init_concentration)

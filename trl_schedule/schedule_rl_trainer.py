@@ -506,6 +506,7 @@ class ScheduleRLTrainer(_BaseTrainer):
                 init=args.policy_init,
                 init_schedule=init_schedule,
                 init_concentration=args.init_concentration,
+                inputs=args.policy_inputs,
             )
         if isinstance(policy, DirichletSchedulePolicyConfig):
             with _seeded_rng(args.seed, torch.device("cpu")):
