@@ -105,7 +105,8 @@ def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Run the block with the global RNG of `device` (and the CPU) seeded with `seed`, restoring both after.
     Dirichlet sampling takes no generator, so this is how its draws are made reproducible."""
     devices = [] if device.type == "cpu" else [device]
-    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else None):
+    kwargs = {"device_type": device.type} if devices else {}  # torch < 2.13 refuses device_type=None
+    with torch.random.fork_rng(devices=devices, **kwargs):
         torch.manual_seed(seed)
         yield
 
