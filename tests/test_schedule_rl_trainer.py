@@ -542,3 +542,25 @@ def test_pipeline_from_a_local_path(tmp_path):
     assert not any(p.requires_grad for p in trainer.pipeline.transformer.parameters())
     trainer.train()
     assert trainer.state.global_step == 2
+
+
+def test_seeded_rng_on_cpu_passes_no_device_type(monkeypatch):
+    """torch < 2.13 refuses `fork_rng(device_type=None)`; the CPU path must not pass it (regression: the
+    trainer failed at policy construction on the GPU machine's torch 2.11)."""
+    from trl_schedule import schedule_rl_trainer as module
+
+    real = torch.random.fork_rng
+
+    def strict_fork_rng(devices=None, enabled=True, _caller="fork_rng", _devices_kw="devices", **kwargs):
+        if "device_type" in kwargs and kwargs["device_type"] is None:
+            raise TypeError("device() received an invalid combination of arguments - got (NoneType)")
+        return real(devices=devices, enabled=enabled, **kwargs)
+
+    monkeypatch.setattr(torch.random, "fork_rng", strict_fork_rng)
+    before = torch.random.get_rng_state()
+    with module._seeded_rng(3, torch.device("cpu")):
+        first = torch.rand(2)
+    with module._seeded_rng(3, torch.device("cpu")):
+        second = torch.rand(2)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    torch.testing.assert_close(torch.random.get_rng_state(), before, rtol=0, atol=0)
