@@ -1,0 +1,607 @@
+"""The paper's main table reproduced on the embedded testbed, the ablation it lacks, and the estimators measured
+during training.
+
+Three parts, each writing raw JSON under ``--raw_dir`` (one file per job, so an interrupted run keeps what it
+finished and a rerun skips it), and one part that turns the JSON into ``benchmarks/results/testbed_table.md``
+and its figures:
+
+- ``runs``: for every L in ``--L`` and seed in ``--seeds``
+    - the fixed schedules (default, uniform, shifted grids with shift 1/3, 2 and 3) evaluated on held-out
+      prompts;
+    - the trained rows: REINFORCE with the RLOO, cross-context, James-Stein (paper) and James-Stein (loo)
+      baselines from the pipeline's default schedule (``policy_init="default"``), James-Stein (paper) from the
+      paper's uniform initialisation, and the ablation of what the policy sees: a learned *global* schedule
+      (``policy_inputs="none"``), a prompt-only policy and the full (x_T, prompt) policy (= the James-Stein
+      row). Same estimator, budget and seeds for all three;
+    - every trained policy is evaluated with its Dirichlet mode on the same held-out prompts and the same
+      noises as the fixed schedules (seed s uses noises ``EVAL_SEED + 1000 s + i``), so rows are paired.
+- ``diagnostics``: one James-Stein training run at ``--diag_L``; at a few checkpoints it measures, on the
+  current policy, (a) each baseline's mean squared error against a high-rollout estimate of mu_c (the policy's
+  expected reward for the context) and (b) the variance of the REINFORCE gradient of each baseline on the same
+  rollouts (K = 2), reported as a ratio to RLOO's.
+- ``report``: the markdown table (mean +- std over seeds, and the gain over the default schedule paired on the
+  same noises), the ablation, reward-vs-step curves (PNG) and the diagnostics.
+
+Commands (the results file records the ones that produced it)::
+
+    python benchmarks/testbed_table.py --part runs --workers 8            # GPU if there is one
+    OMP_NUM_THREADS=1 python benchmarks/testbed_table.py --part diagnostics
+    python benchmarks/testbed_table.py --part report
+
+Smoke version (tiny budget, seconds; run by the tests)::
+
+    python benchmarks/testbed_table.py --part all --smoke --raw_dir /tmp/tt --out /tmp/tt/table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import gc
+import importlib.util
+import json
+import math
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EVAL_SEED = 1234
+FIXED = {  # name -> (L -> tau), the reference schedules evaluated as they are
+    "default": None,  # the pipeline's own schedule (sampler.default_times)
+    "uniform": ("uniform", None),
+    "shift 1/3": ("shifted", 1 / 3),
+    "shift 2": ("shifted", 2.0),
+    "shift 3": ("shifted", 3.0),
+}
+TRAINED = {  # row name -> ScheduleRLConfig overrides
+    "RLOO": dict(baseline="rloo"),
+    "cross-context RLOO": dict(baseline="cross_context"),
+    "JS (paper)": dict(baseline="james_stein"),
+    "JS (loo)": dict(baseline="james_stein_loo"),
+    "JS (paper), init uniform": dict(baseline="james_stein", policy_init="uniform"),
+    "global schedule (no inputs)": dict(baseline="james_stein", policy_inputs="none"),
+    "prompt-only policy": dict(baseline="james_stein", policy_inputs="prompt"),
+}
+ESTIMATOR_ROWS = ("RLOO", "cross-context RLOO", "JS (paper)", "JS (loo)")
+ESTIMATOR_NAMES = {"RLOO": "rloo", "cross-context RLOO": "cross_context", "JS (paper)": "james_stein",
+                   "JS (loo)": "james_stein_loo"}  # fmt: skip
+
+
+def _recipe():
+    """`recipes/train_schedule.py` as a module (for its testbed policy config)."""
+    name = "train_schedule_recipe"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / "train_schedule.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+# --------------------------------------------------------------------------------------------- the world
+
+_WORLD: dict[str, Any] = {}
+
+
+def world(device: str, num_test: int) -> dict[str, Any]:
+    """The testbed pipeline, sampler, reward and prompt sets, built once per process."""
+    if not _WORLD:
+        from trl_schedule.samplers import sampler_for
+        from trl_schedule.testbed import TestbedReward, load_testbed_pipeline, make_prompt_datasets
+
+        pipe = load_testbed_pipeline(device=device)
+        splits = make_prompt_datasets(num_train=2048, num_test=num_test, seed=0)
+        _WORLD.update(
+            pipe=pipe,
+            sampler=sampler_for(pipe),
+            reward=TestbedReward(),
+            train=splits["train"].select_columns(["prompt"]),
+            test_prompts=list(splits["test"]["prompt"]),
+            test_types=list(splits["test"]["prompt_type"]),
+        )
+    return _WORLD
+
+
+def fixed_times(name: str, num_steps: int, sampler) -> torch.Tensor:
+    """A reference schedule's times `(L+1,)`."""
+    from trl_schedule.schedules import eval_times, shifted_schedule, uniform_schedule
+
+    if FIXED[name] is None:
+        return sampler.default_times(num_steps).float()
+    kind, shift = FIXED[name]
+    tau = uniform_schedule(num_steps) if kind == "uniform" else shifted_schedule(num_steps, shift)
+    return eval_times(tau).float()
+
+
+@torch.no_grad()
+def evaluate(w: dict[str, Any], seed: int, times_for: Callable, batch_size: int = 256) -> list[float]:
+    """Reward of every held-out prompt, prompt i with the noise seeded ``EVAL_SEED + 1000 seed + i``.
+
+    `times_for(x_T, cond)` gives the `(m, L+1)` schedule of a chunk (a fixed one, or a policy's mode).
+    """
+    sampler, prompts = w["sampler"], w["test_prompts"]
+    rewards: list[float] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        cond = sampler.encode(chunk)
+        generators = [
+            torch.Generator().manual_seed(EVAL_SEED + 1000 * seed + start + i) for i in range(len(chunk))
+        ]
+        x_T = sampler.initial_noise(len(chunk), generator=generators)
+        times = times_for(x_T, cond).to(device=sampler.device, dtype=torch.float32)
+        images = sampler.decode(sampler.denoise(x_T, cond, times))
+        rewards += w["reward"](images, chunk).float().cpu().tolist()
+    return rewards
+
+
+def policy_mode_times(policy, sampler) -> Callable:
+    """`times_for` of a policy's deterministic schedule (its Dirichlet mode), for :func:`evaluate`."""
+    from trl_schedule.schedules import clamp_intervals, eval_times
+
+    def times_for(x_T, cond):
+        concentrations = policy(**sampler.policy_inputs(x_T, cond))
+        return eval_times(clamp_intervals(policy.mode(concentrations)))
+
+    return times_for
+
+
+def make_trainer(w: dict[str, Any], num_steps: int, seed: int, opts: dict[str, Any], overrides: dict[str, Any],
+                 callbacks=None):  # fmt: skip
+    from trl_schedule import ScheduleRLConfig, ScheduleRLTrainer
+
+    config = dict(
+        output_dir=str(Path(opts["raw_dir"]) / "tmp" / f"L{num_steps}_s{seed}_{os.getpid()}"),
+        num_steps=num_steps,
+        num_rollouts=2,
+        per_device_train_batch_size=opts["contexts"],
+        policy_init="default",
+        init_concentration=20.0,
+        learning_rate=opts["lr"],
+        max_steps=opts["max_steps"],
+        logging_steps=opts["logging_steps"],
+        log_images_steps=0,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        torch_dtype="float32",
+        use_cpu=opts["device"] == "cpu",
+        disable_tqdm=True,
+    )
+    args = ScheduleRLConfig(**{**config, **overrides})
+    from transformers.trainer_callback import PrinterCallback
+
+    policy = _recipe().testbed_policy_config(w["pipe"], args)
+    trainer = ScheduleRLTrainer(
+        pipeline=w["pipe"],
+        policy=policy,
+        reward_funcs=w["reward"],
+        args=args,
+        train_dataset=w["train"],
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # one line per job instead of one per logging step
+    return trainer
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+
+
+def job_name(job: tuple) -> str:
+    kind, row, num_steps, seed = job
+    slug = "fixed" if kind == "fixed" else row.lower().replace(" ", "_").replace("(", "").replace(")", "")
+    return f"{slug.replace(',', '').replace('/', '')}_L{num_steps}_s{seed}"
+
+
+def run_job(job: tuple, opts: dict[str, Any]) -> dict[str, Any] | None:
+    """One job: ("fixed", None, L, seed) evaluates every fixed schedule; ("trained", row, L, seed) trains and
+    evaluates one row. Writes `raw_dir/<job>.json` and returns it (None if past the deadline)."""
+    if time.time() > opts["deadline"]:
+        return None
+    torch.set_num_threads(opts["threads"])
+    kind, row, num_steps, seed = job
+    w = world(opts["device"], opts["num_test"])
+    start = time.perf_counter()
+    result: dict[str, Any] = {"kind": kind, "row": row, "L": num_steps, "seed": seed}
+    if kind == "fixed":
+        result["rewards"] = {
+            name: evaluate(
+                w, seed, lambda x, c, n=name: fixed_times(n, num_steps, w["sampler"]).expand(x.shape[0], -1)
+            )
+            for name in FIXED
+        }
+    else:
+        trainer = make_trainer(w, num_steps, seed, opts, TRAINED[row])
+        trainer.train()
+        policy = trainer.model.eval()
+        result["rewards"] = {row: evaluate(w, seed, policy_mode_times(policy, w["sampler"]))}
+        result["curve"] = [(e["step"], e["reward"]) for e in trainer.state.log_history if "reward" in e]
+        with torch.no_grad():
+            m = min(64, len(w["test_prompts"]))
+            x_T = w["sampler"].initial_noise(m, generator=torch.Generator().manual_seed(EVAL_SEED))
+            cond = w["sampler"].encode(w["test_prompts"][:m])
+            times = policy_mode_times(policy, w["sampler"])(x_T, cond).cpu()
+        result["learned_times_mean"] = times.mean(0).tolist()
+        result["learned_times_std"] = times.std(0).tolist()
+        del trainer, policy
+        gc.collect()
+    result["seconds"] = time.perf_counter() - start
+    result["device"] = opts["device_name"]
+    path = Path(opts["raw_dir"]) / f"{job_name(job)}.json"
+    path.write_text(json.dumps(result))
+    print(f"[{datetime.datetime.now():%H:%M:%S}] {job_name(job)}: {result['seconds']:.0f} s", flush=True)
+    return result
+
+
+def all_jobs(levels: list[int], seeds: list[int], rows: list[str]) -> list[tuple]:
+    """Seed-major order, so a run cut short still has whole seeds of every row; the longest (largest L) first
+    within a seed, so parallel workers finish together."""
+    jobs = []
+    for seed in seeds:
+        for num_steps in sorted(levels, reverse=True):
+            jobs.append(("fixed", None, num_steps, seed))
+            jobs += [("trained", row, num_steps, seed) for row in rows]
+    return jobs
+
+
+def part_runs(opts: dict[str, Any]) -> None:
+    raw = Path(opts["raw_dir"])
+    raw.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        j
+        for j in all_jobs(opts["L"], opts["seeds"], opts["rows"])
+        if not (raw / f"{job_name(j)}.json").exists()
+    ]
+    print(f"{len(jobs)} jobs to run on {opts['device']} with {opts['workers']} worker(s)", flush=True)
+    record = {"command": opts["command"], "device": opts["device_name"], "jobs": len(jobs),
+              "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+              "opts": {k: v for k, v in opts.items() if k != "deadline"}}  # fmt: skip
+    with open(raw / "runs_commands.jsonl", "a") as f:  # every invocation that added jobs, in order
+        f.write(json.dumps(record) + "\n")
+    if opts["workers"] <= 1:
+        for job in jobs:
+            run_job(job, opts)
+        return
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(opts["workers"], mp_context=context) as pool:
+        futures = [pool.submit(run_job, job, opts) for job in jobs]
+        for future in concurrent.futures.as_completed(futures):
+            future.result()  # raise a worker's error here
+
+
+# ------------------------------------------------------------------------------------------ diagnostics
+
+
+@torch.no_grad()
+def rollouts(w, policy, prompts, x_T, k: int, generator: torch.Generator):
+    """K schedules per context from the policy; returns rewards `(B*K,)`, the policy inputs, tau `(B*K, L+1)`."""
+    from trl_schedule.policy import DirichletSchedulePolicy
+    from trl_schedule.schedules import eval_times
+
+    sampler = w["sampler"]
+    cond = sampler.encode(prompts)
+    inputs = sampler.policy_inputs(x_T, cond)
+    concentrations = policy(**inputs).repeat_interleave(k, dim=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+        tau, _ = DirichletSchedulePolicy.sample(concentrations)
+    times = eval_times(tau).to(device=sampler.device, dtype=torch.float32)
+    images = sampler.decode(sampler.denoise(x_T.repeat_interleave(k, 0), cond.repeat_interleave(k), times))
+    rewards = w["reward"](images, [p for p in prompts for _ in range(k)]).double().cpu()
+    return rewards, inputs, tau
+
+
+def measure(w, policy, step: int, opts: dict[str, Any]) -> dict[str, Any]:
+    """Baseline MSE against a high-rollout mu_c, and REINFORCE gradient variance per estimator, at one policy."""
+    from trl_schedule.estimators import get_estimator
+    from trl_schedule.policy import DirichletSchedulePolicy
+
+    sampler = w["sampler"]
+    estimators = {row: get_estimator(ESTIMATOR_NAMES[row]) for row in ESTIMATOR_ROWS}
+    g = torch.Generator().manual_seed(10_000 + step)
+    train_prompts = w["train"]["prompt"]
+    b, k = opts["contexts"], 2
+    policy.eval()
+
+    # (a) MSE of each baseline against mu_c estimated from `mu_rollouts` extra rollouts per context
+    picks = torch.randint(len(train_prompts), (b,), generator=g).tolist()
+    prompts = [train_prompts[i] for i in picks]
+    x_T = sampler.initial_noise(
+        b, generator=[torch.Generator().manual_seed(int(s)) for s in torch.randint(2**31, (b,), generator=g)]
+    )
+    many, _, _ = rollouts(w, policy, prompts, x_T, opts["mu_rollouts"], g)
+    many = many.view(b, -1)
+    mu = many.mean(1)
+    mu_noise = (many.var(1) / many.shape[1]).mean().item()  # the estimate's own variance (floor of the MSE)
+    groups = torch.arange(b).repeat_interleave(k)
+    errors = {row: [] for row in ESTIMATOR_ROWS}
+    for _ in range(opts["mse_replicates"]):
+        r, _, _ = rollouts(w, policy, prompts, x_T, k, g)
+        for row, est in estimators.items():
+            out = est(r, groups)
+            baseline = r - out.advantages.double()
+            errors[row].append(((baseline - mu.repeat_interleave(k)) ** 2).mean().item())
+    mse = {row: statistics.fmean(v) for row, v in errors.items()}
+
+    # (b) gradient variance: the same rollouts (fresh contexts each replicate), one gradient per estimator
+    grads = {row: [] for row in ESTIMATOR_ROWS}
+    params = [p for p in policy.parameters() if p.requires_grad]
+    for _ in range(opts["grad_replicates"]):
+        picks = torch.randint(len(train_prompts), (b,), generator=g).tolist()
+        prompts = [train_prompts[i] for i in picks]
+        x_T = sampler.initial_noise(
+            b,
+            generator=[
+                torch.Generator().manual_seed(int(s)) for s in torch.randint(2**31, (b,), generator=g)
+            ],
+        )
+        r, inputs, tau = rollouts(w, policy, prompts, x_T, k, g)
+        with torch.enable_grad():
+            concentrations = policy(**inputs).repeat_interleave(k, dim=0)
+            log_prob = DirichletSchedulePolicy.log_prob(concentrations, tau)
+            for i, (row, est) in enumerate(estimators.items()):
+                advantages = est(r, groups).advantages.to(log_prob)
+                gradient = torch.autograd.grad(-(advantages * log_prob).mean(), params, retain_graph=i < 3)
+                grads[row].append(torch.cat([x.flatten() for x in gradient]).double().cpu())
+    variance = {}
+    for row, values in grads.items():
+        stacked = torch.stack(values)
+        variance[row] = (stacked - stacked.mean(0)).pow(2).sum(1).mean().item()
+    policy.train()
+    return {"step": step, "mse": mse, "mu_noise": mu_noise, "grad_variance": variance,
+            "grad_variance_ratio_to_rloo": {row: v / variance["RLOO"] for row, v in variance.items()}}  # fmt: skip
+
+
+def part_diagnostics(opts: dict[str, Any]) -> None:
+    from transformers import TrainerCallback
+
+    torch.set_num_threads(opts["threads"])
+    raw = Path(opts["raw_dir"])
+    raw.mkdir(parents=True, exist_ok=True)
+    w = world(opts["device"], opts["num_test"])
+    checkpoints = sorted({int(round(opts["max_steps"] * f)) for f in (0, 1 / 3, 2 / 3, 1)})
+    results: list[dict[str, Any]] = []
+
+    class Measure(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step in checkpoints:
+                self.run(state.global_step, model)
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if 0 in checkpoints:
+                self.run(0, model)
+
+        def run(self, step, model):
+            start = time.perf_counter()
+            results.append(measure(w, model, step, opts))
+            print(f"diagnostics at step {step}: {time.perf_counter() - start:.0f} s", flush=True)
+
+    start = time.perf_counter()
+    trainer = make_trainer(w, opts["diag_L"], 0, opts, TRAINED["JS (paper)"], callbacks=[Measure()])
+    trainer.train()
+    out = {"L": opts["diag_L"], "contexts": opts["contexts"], "max_steps": opts["max_steps"],
+           "mu_rollouts": opts["mu_rollouts"], "mse_replicates": opts["mse_replicates"],
+           "grad_replicates": opts["grad_replicates"], "checkpoints": results, "command": opts["command"],
+           "device": opts["device_name"], "seconds": time.perf_counter() - start,
+           "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC"}  # fmt: skip
+    (raw / "diagnostics.json").write_text(json.dumps(out, indent=1))
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def load_raw(raw: Path) -> dict[tuple[str, int, int], list[float]]:
+    """(row, L, seed) -> per-prompt rewards; plus the training curves, learned schedules and devices."""
+    table, curves, schedules, devices = {}, {}, {}, {}
+    for path in sorted(raw.glob("*.json")):
+        if path.name == "diagnostics.json":
+            continue
+        result = json.loads(path.read_text())
+        for row, rewards in result["rewards"].items():
+            table[(row, result["L"], result["seed"])] = rewards
+        devices[(result["row"] or "fixed", result["L"], result["seed"])] = result["device"].split(";")[0]
+        if "curve" in result:
+            curves[(result["row"], result["L"], result["seed"])] = result["curve"]
+            schedules[(result["row"], result["L"], result["seed"])] = result["learned_times_mean"]
+    return table, curves, schedules, devices
+
+
+def part_report(opts: dict[str, Any]) -> None:
+    raw = Path(opts["raw_dir"])
+    table, curves, schedules, devices = load_raw(raw)
+    levels = sorted({k[1] for k in table})
+    rows = [r for r in [*FIXED, *TRAINED] if any(k[0] == r for k in table)]
+    commands_file = raw / "runs_commands.jsonl"
+    invocations = (
+        [json.loads(line) for line in commands_file.read_text().splitlines()]
+        if commands_file.exists()
+        else []
+    )
+
+    def cell(row, num_steps, paired=False):
+        values = []
+        for (r, n, s), rewards in table.items():
+            if r != row or n != num_steps:
+                continue
+            mean = statistics.fmean(x for x in rewards if not math.isnan(x))
+            if paired:
+                base = table.get(("default", n, s))
+                if base is None:
+                    continue
+                mean -= statistics.fmean(x for x in base if not math.isnan(x))
+            values.append(mean)
+        return values
+
+    lines = ["# The paper's table on the testbed", ""]
+    for record in invocations:
+        lines.append(
+            f"- command (runs): `{record['command']}` on {record['device']}, {record['date']}"
+            + (f" ({record['note']})" if record.get("note") else "")
+        )
+    if invocations:
+        o = invocations[-1]["opts"]
+        lines.append(
+            f"- budget per trained row: {o['max_steps']} steps x {o['contexts']} contexts x K = 2 rollouts "
+            f"({o['max_steps'] * o['contexts'] * 2} rollouts), learning rate {o['lr']}, policy_init 'default' "
+            f"unless the row says otherwise; held-out: {o['num_test']} test prompts (never trained on), one noise "
+            "each, the same noises for every row of a seed."
+        )
+    by_device: dict[str, list[str]] = {}
+    for (_row, n, s), device in sorted(devices.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+        by_device.setdefault(device, []).append(f"L={n} s={s}")
+    for device, cells in by_device.items():
+        lines.append(f"- jobs on {device}: {len(cells)} ({', '.join(sorted(set(cells)))})")
+    lines += [f"- command (report): `{opts['command']}`", ""]
+    header = "| row | " + " | ".join(f"L={n}" for n in levels) + " |"
+    sep = "|---|" + "---|" * len(levels)
+    lines += ["## Held-out reward (mean ± std over seeds)", "", header, sep]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(_mean_std(cell(row, n)) for n in levels) + " |")
+    lines += ["", "## Gain over the default schedule, paired on the same prompts and noises (mean ± std over seeds)", "",
+              header, sep]  # fmt: skip
+    for row in rows:
+        if row == "default":
+            continue
+        lines.append(f"| {row} | " + " | ".join(_mean_std(cell(row, n, paired=True)) for n in levels) + " |")
+    seeds = sorted({k[2] for k in table})
+    lines += ["", f"Seeds: {seeds}; cells with fewer seeds show one number.", ""]
+
+    if curves:
+        path = Path(opts["out"]).with_name(Path(opts["out"]).stem + "_curves.png")
+        plot_curves(curves, levels, path)
+        lines += [f"![reward vs step]({path.name})", ""]
+    if schedules:
+        lines += ["## Mean learned schedule (policy mode, 64 held-out instances, seed 0)", "",
+                  "| row | L | t_1 .. t_L |", "|---|---|---|"]  # fmt: skip
+        for (row, n, s), times in sorted(schedules.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            if s == 0:
+                lines.append(f"| {row} | {n} | " + ", ".join(f"{t:.3f}" for t in times[1:]) + " |")
+        lines.append("")
+    diag = raw / "diagnostics.json"
+    if diag.exists():
+        d = json.loads(diag.read_text())
+        lines += [
+            f"## Estimators during training (L = {d['L']}, {d['contexts']} contexts x K = 2, James-Stein run)", "",
+            f"- command: `{d['command']}`; device: {d['device']}; {d['date']}",
+            f"- MSE of each baseline against mu_c estimated from {d['mu_rollouts']} extra rollouts per context, "
+            f"averaged over {d['mse_replicates']} batches on the same contexts; 'mu noise' is that estimate's "
+            "own variance (the floor under every MSE).",
+            f"- Gradient variance: trace of the covariance of the REINFORCE gradient over {d['grad_replicates']} "
+            "batches (fresh prompts, noises and schedules each), every estimator on the same rollouts; ratio to "
+            "RLOO.",
+            "",
+            "| step | " + " | ".join(f"MSE {r}" for r in ESTIMATOR_ROWS) + " | mu noise | "
+            + " | ".join(f"grad var {r} / RLOO" for r in ESTIMATOR_ROWS[1:]) + " |",
+            "|---|" + "---|" * (2 * len(ESTIMATOR_ROWS)) ,
+        ]  # fmt: skip
+        for c in d["checkpoints"]:
+            lines.append(
+                f"| {c['step']} | " + " | ".join(f"{c['mse'][r]:.5f}" for r in ESTIMATOR_ROWS)
+                + f" | {c['mu_noise']:.5f} | "
+                + " | ".join(f"{c['grad_variance_ratio_to_rloo'][r]:.3f}" for r in ESTIMATOR_ROWS[1:]) + " |"
+            )  # fmt: skip
+        lines.append("")
+    out = Path(opts["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def plot_curves(curves, levels, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(levels), figsize=(3.2 * len(levels), 3), squeeze=False)
+    for ax, num_steps in zip(axes[0], levels):
+        for row in ESTIMATOR_ROWS:
+            runs = [c for (r, n, _), c in curves.items() if r == row and n == num_steps]
+            if not runs:
+                continue
+            length = min(len(c) for c in runs)
+            steps = [runs[0][i][0] for i in range(length)]
+            values = torch.tensor([[c[i][1] for i in range(length)] for c in runs])
+            mean = values.mean(0)
+            ax.plot(steps, mean, label=row)
+            if len(runs) > 1:
+                std = values.std(0)
+                ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        ax.set_title(f"L = {num_steps}")
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("mean training reward")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--part", choices=["runs", "diagnostics", "report", "all"], default="all")
+    parser.add_argument("--L", nargs="+", type=int, default=[2, 3, 4, 6, 8])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--rows", nargs="*", default=list(TRAINED), help="trained rows to run (none: fixed only)"
+    )
+    parser.add_argument("--max_steps", type=int, default=300)
+    parser.add_argument("--contexts", type=int, default=16, help="contexts per step (K = 2 rollouts each)")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--logging_steps", type=int, default=10)
+    parser.add_argument("--num_test", type=int, default=512, help="held-out prompts")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--deadline_s", type=float, default=float("inf"), help="start no job after this")
+    parser.add_argument("--diag_L", type=int, default=2)
+    parser.add_argument("--mu_rollouts", type=int, default=64)
+    parser.add_argument("--mse_replicates", type=int, default=8)
+    parser.add_argument("--grad_replicates", type=int, default=24)
+    parser.add_argument("--smoke", action="store_true", help="a tiny budget (tests)")
+    parser.add_argument("--raw_dir", default="benchmarks/results/testbed_table_raw")
+    parser.add_argument("--out", default="benchmarks/results/testbed_table.md")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.L, args.seeds, args.max_steps, args.contexts, args.num_test = [2], [0], 2, 2, 4
+        args.logging_steps, args.mu_rollouts, args.mse_replicates, args.grad_replicates = 1, 3, 2, 2
+        args.rows = ["RLOO", "JS (paper)", "global schedule (no inputs)"]
+    unknown = [r for r in args.rows if r not in TRAINED]
+    if unknown:
+        parser.error(f"--rows {unknown} are not rows; pick from {list(TRAINED)}")
+    device_name = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
+    )
+    opts = dict(vars(args), deadline=time.time() + args.deadline_s, device_name=f"{device_name}; {platform.platform()}; torch {torch.__version__}",
+                command="python " + " ".join([sys.argv[0] if argv is None else "benchmarks/testbed_table.py", *(sys.argv[1:] if argv is None else argv)]))  # fmt: skip
+    if args.part in ("runs", "all"):
+        part_runs(opts)
+    if args.part in ("diagnostics", "all"):
+        part_diagnostics(opts)
+    if args.part in ("report", "all"):
+        part_report(opts)
+
+
+if __name__ == "__main__":
+    main()
