@@ -47,6 +47,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -159,7 +160,7 @@ def make_trainer(w: dict[str, Any], num_steps: int, seed: int, opts: dict[str, A
     from trl_schedule import ScheduleRLConfig, ScheduleRLTrainer
 
     config = dict(
-        output_dir=str(Path(opts["raw_dir"]) / "tmp" / f"L{num_steps}_s{seed}_{os.getpid()}"),
+        output_dir=tempfile.mkdtemp(prefix=f"testbed_table_L{num_steps}_s{seed}_"),  # nothing is saved there
         num_steps=num_steps,
         num_rollouts=2,
         per_device_train_batch_size=opts["contexts"],
@@ -584,7 +585,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="benchmarks/results/testbed_table.md")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.L, args.seeds, args.max_steps, args.contexts, args.num_test = [2], [0], 2, 2, 4
+        args.L, args.seeds, args.max_steps, args.contexts, args.num_test = [2], [0], 2, 3, 4
         args.logging_steps, args.mu_rollouts, args.mse_replicates, args.grad_replicates = 1, 3, 2, 2
         args.rows = ["RLOO", "JS (paper)", "global schedule (no inputs)"]
     unknown = [r for r in args.rows if r not in TRAINED]

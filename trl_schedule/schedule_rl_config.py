@@ -119,6 +119,13 @@ class ScheduleRLConfig(_BaseConfig):
             "help": "K, schedules drawn per context (prompt + noise); paper: 2. >= 2 for rloo / james_stein."
         },
     )
+    rollout_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Rollouts denoised, decoded and scored at once (memory); None = all of a step's B*K at "
+            "once. The baseline still sees the whole batch, so results do not depend on it."
+        },
+    )
     height: int | None = field(default=None, metadata={"help": "Image height in px; None = sampler default."})
     width: int | None = field(default=None, metadata={"help": "Image width in px; None = sampler default."})
     guidance_scale: float | None = field(
@@ -233,6 +240,10 @@ class ScheduleRLConfig(_BaseConfig):
                 "at least 2 rollouts per context (RLOO has no leave-one-out baseline with 1, and James-Stein "
                 "then equals the cross-context baseline). Use num_rollouts >= 2 (paper: 2), or "
                 "baseline='cross_context' for one rollout per context."
+            )
+        if self.rollout_batch_size is not None:
+            _check_int(
+                "rollout_batch_size", self.rollout_batch_size, 1, "or rollout_batch_size=None for one batch"
             )
         for name in ("height", "width", "max_sequence_length"):
             value = getattr(self, name)

@@ -321,8 +321,9 @@ class ScheduleRLTrainer(_BaseTrainer):
     Logged (averaged over `logging_steps`): `reward`, `reward_std`, `rewards/<func>/mean`, `frac_unscorable`,
     `baseline/alpha`, `baseline/sigma2`, `baseline/delta2`, `policy/entropy`, `policy/concentration`,
     `schedule/tau_<l>` (mean interval l = 1..L+1), `schedule/stopping_margin` (mean tau_{L+1}) and seconds per
-    step `timing/{encode,policy,sampling,decode,reward,update,step}` (`update` = loss + backward; `sampling` =
-    the batched denoise).
+    step `timing/{encode,policy,sampling,decode,reward,estimator,update,step}` (`estimator` = gather + baseline;
+    `update` = loss + backward; `step` = rollouts + update, without the optimizer step and gradient clipping that
+    the Trainer runs after it; `sampling` = the batched denoise, summed over `rollout_batch_size` chunks).
     """
 
     _tag_names = ["trl", "trl_schedule", "sampling-schedule", "diffusion", "reinforce"]
@@ -599,6 +600,38 @@ class ScheduleRLTrainer(_BaseTrainer):
         per_func = torch.stack([func(images, prompts, **columns) for func in self.reward_funcs])  # (F, N)
         return per_func.T, combine_rewards(per_func, self.reward_weights)
 
+    def _sample_and_score(
+        self,
+        x_T: torch.Tensor,
+        cond: Any,
+        times: torch.Tensor,
+        prompts: list[str],
+        columns: dict[str, list],
+        timings: dict[str, float],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Denoise, decode and score `N` rollouts, `args.rollout_batch_size` rows at a time (all at once when
+        None): per-function rewards `(N, F)`, weighted rewards `(N,)`, and the images the rollout figures
+        need (the first ``8 * K``, or all when fewer)."""
+        n, k = x_T.shape[0], self.args.num_rollouts
+        chunk = self.args.rollout_batch_size or n
+        keep = min(n, 8 * k)
+        per_func, rewards, images = [], [], []
+        for start in range(0, n, chunk):
+            rows = slice(start, min(start + chunk, n))
+            with self._timed(timings, "sampling"):
+                latents = self.sampler.denoise(x_T[rows], cond.index(rows), times[rows])
+            with self._timed(timings, "decode"):
+                decoded = self.sampler.decode(latents)
+            del latents
+            with self._timed(timings, "reward"):
+                chunk_columns = {col: values[rows] for col, values in columns.items()}
+                scores, weighted = self._compute_rewards(decoded, prompts[rows], chunk_columns)
+            per_func.append(scores)
+            rewards.append(weighted)
+            if start < keep:
+                images.append(decoded[: keep - start])
+        return torch.cat(per_func), torch.cat(rewards), torch.cat(images)
+
     def _prepare_inputs(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         """Generate and score one micro-batch of rollouts (paper Algorithm 1, lines 1-8) and compute the
         advantages; `compute_loss` then re-runs the policy forward with gradients."""
@@ -628,25 +661,23 @@ class ScheduleRLTrainer(_BaseTrainer):
                 seeds = [rollout_seed(args.seed, "schedule", step, micro, c) for c in contexts]
                 tau = self._draw_schedules(concentrations, seeds)  # (B*K, L+1)
             times = eval_times(tau).to(device=sampler.device, dtype=torch.float32)
-            with self._timed(timings, "sampling"):
-                latents = sampler.denoise(x_T.repeat_interleave(k, dim=0), cond.repeat_interleave(k), times)
-            with self._timed(timings, "decode"):
-                images = sampler.decode(latents)
             prompts_rep = [p for p in prompts for _ in range(k)]
             columns = {
                 col: [row[col] for row in batch for _ in range(k)]
                 for col in batch[0]
                 if col != args.prompt_column
             }
-            with self._timed(timings, "reward"):
-                per_func, rewards = self._compute_rewards(images, prompts_rep, columns)  # (N, F), (N,)
+            per_func, rewards, images = self._sample_and_score(
+                x_T.repeat_interleave(k, dim=0), cond.repeat_interleave(k), times, prompts_rep, columns, timings
+            )
 
             device = self.accelerator.device
-            group_ids = torch.tensor(contexts, device=device).repeat_interleave(k)
-            all_rewards = gather(rewards.to(device))
-            all_group_ids = gather(group_ids)
-            out = self.estimator(all_rewards, all_group_ids)
-            advantages = out.advantages[rank * n : (rank + 1) * n]
+            with self._timed(timings, "estimator"):
+                group_ids = torch.tensor(contexts, device=device).repeat_interleave(k)
+                all_rewards = gather(rewards.to(device))
+                all_group_ids = gather(group_ids)
+                out = self.estimator(all_rewards, all_group_ids)
+                advantages = out.advantages[rank * n : (rank + 1) * n]
 
         self._log_rollouts(
             per_func,
@@ -681,6 +712,8 @@ class ScheduleRLTrainer(_BaseTrainer):
         start = time.perf_counter()
         self._rollout_seconds = 0.0
         loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.synchronize(self.accelerator.device)  # the backward is asynchronous
         total = time.perf_counter() - start
         self._metrics["train"]["timing/update"].append(total - self._rollout_seconds)
         self._metrics["train"]["timing/step"].append(total)
