@@ -73,6 +73,7 @@ TRAINED = {  # row name -> ScheduleRLConfig overrides
     "global schedule (no inputs)": dict(baseline="james_stein", policy_inputs="none"),
     "prompt-only policy": dict(baseline="james_stein", policy_inputs="prompt"),
 }
+READING_MARKER = "## Reading (hand-written"
 ESTIMATOR_ROWS = ("RLOO", "cross-context RLOO", "JS (paper)", "JS (loo)")
 ESTIMATOR_NAMES = {"RLOO": "rloo", "cross-context RLOO": "cross_context", "JS (paper)": "james_stein",
                    "JS (loo)": "james_stein_loo"}  # fmt: skip
@@ -520,7 +521,10 @@ def part_report(opts: dict[str, Any]) -> None:
         lines.append("")
     out = Path(opts["out"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    kept = ""  # a hand-written reading at the end of an earlier report survives regeneration
+    if out.exists() and READING_MARKER in out.read_text():
+        kept = out.read_text()[out.read_text().index(READING_MARKER) :]
+    out.write_text("\n".join(lines) + "\n" + kept)
     print("\n".join(lines))
 
 

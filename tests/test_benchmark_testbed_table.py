@@ -57,3 +57,9 @@ def test_smoke_run_writes_raw_results_and_the_report(tmp_path):
         assert row in text
     assert "| uniform | 0.000 |" in text  # its paired gain over the default is exactly zero
     assert (tmp_path / "table_curves.png").stat().st_size > 0
+
+    # a hand-written reading appended to the report survives regenerating it, once
+    out.write_text(text + "\n## Reading (hand-written, test)\n\nkeep me\n")
+    bench.main(["--part", "report", "--raw_dir", str(raw), "--out", str(out)])
+    regenerated = out.read_text()
+    assert regenerated.count("keep me") == 1 and regenerated.startswith("# The paper's table on the testbed")
