@@ -206,8 +206,8 @@ def job_name(job: tuple) -> str:
 def run_job(job: tuple, opts: dict[str, Any]) -> dict[str, Any] | None:
     """One job: ("fixed", None, L, seed) evaluates every fixed schedule; ("trained", row, L, seed) trains and
     evaluates one row. Writes `raw_dir/<job>.json` and returns it (None if past the deadline)."""
-    if time.time() > opts["deadline"]:
-        return None
+    if time.time() > opts["deadline"] or opts["parent_pid"] not in (os.getpid(), os.getppid()):
+        return None  # past the deadline, or the run was stopped: an orphaned worker takes no new job
     torch.set_num_threads(opts["threads"])
     kind, row, num_steps, seed = job
     w = world(opts["device"], opts["num_test"])
@@ -598,7 +598,7 @@ def main(argv: list[str] | None = None) -> None:
     device_name = (
         torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
     )
-    opts = dict(vars(args), deadline=time.time() + args.deadline_s, device_name=f"{device_name}; {platform.platform()}; torch {torch.__version__}",
+    opts = dict(vars(args), parent_pid=os.getpid(), deadline=time.time() + args.deadline_s, device_name=f"{device_name}; {platform.platform()}; torch {torch.__version__}",
                 command="python " + " ".join([sys.argv[0] if argv is None else "benchmarks/testbed_table.py", *(sys.argv[1:] if argv is None else argv)]))  # fmt: skip
     if args.part in ("runs", "all"):
         part_runs(opts)
