@@ -71,6 +71,9 @@ TRAINED = {  # row name -> ScheduleRLConfig overrides
     "JS (loo)": dict(baseline="james_stein_loo"),
     "JS (paper), init uniform": dict(baseline="james_stein", policy_init="uniform"),
     "global schedule (no inputs)": dict(baseline="james_stein", policy_inputs="none"),
+    # the global policy's only free parameters are the head's L+1 biases, which Adam moves by at most ~lr per
+    # step, so at the shared learning rate it can hardly leave its start; this row gives it room to move
+    "global schedule (no inputs), lr x10": dict(baseline="james_stein", policy_inputs="none", lr_scale=10.0),
     "prompt-only policy": dict(baseline="james_stein", policy_inputs="prompt"),
 }
 READING_MARKER = "## Reading (hand-written"
@@ -178,6 +181,8 @@ def make_trainer(w: dict[str, Any], num_steps: int, seed: int, opts: dict[str, A
         use_cpu=opts["device"] == "cpu",
         disable_tqdm=True,
     )
+    overrides = dict(overrides)
+    config["learning_rate"] *= overrides.pop("lr_scale", 1.0)
     args = ScheduleRLConfig(**{**config, **overrides})
     from transformers.trainer_callback import PrinterCallback
 
