@@ -425,7 +425,10 @@ def load_raw(raw: Path) -> dict[tuple[str, int, int], list[float]]:
         devices[(result["row"] or "fixed", result["L"], result["seed"])] = result["device"].split(";")[0]
         if "curve" in result:
             curves[(result["row"], result["L"], result["seed"])] = result["curve"]
-            schedules[(result["row"], result["L"], result["seed"])] = result["learned_times_mean"]
+            schedules[(result["row"], result["L"], result["seed"])] = (
+                result["learned_times_mean"],
+                result["learned_times_std"],
+            )
     return table, curves, schedules, devices
 
 
@@ -494,11 +497,24 @@ def part_report(opts: dict[str, Any]) -> None:
         plot_curves(curves, levels, path)
         lines += [f"![reward vs step]({path.name})", ""]
     if schedules:
-        lines += ["## Mean learned schedule (policy mode, 64 held-out instances, seed 0)", "",
-                  "| row | L | t_1 .. t_L |", "|---|---|---|"]  # fmt: skip
-        for (row, n, s), times in sorted(schedules.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            if s == 0:
-                lines.append(f"| {row} | {n} | " + ", ".join(f"{t:.3f}" for t in times[1:]) + " |")
+        lines += [
+            "## Learned schedules (policy mode on 64 held-out instances): mean t_1 .. t_L, and in brackets the "
+            "spread over instances (std), which is 0 for a schedule that ignores the instance",
+            "",
+            "| row | L | seed 0 | seed 1 | seed 2 |",
+            "|---|---|---|---|---|",
+        ]
+        for row, n in sorted(
+            {(r, n) for r, n, _ in schedules}, key=lambda rn: (rn[1], [*TRAINED].index(rn[0]))
+        ):
+            cells = []
+            for seed in (0, 1, 2):
+                if (row, n, seed) not in schedules:
+                    cells.append("—")
+                    continue
+                mean, std = schedules[(row, n, seed)]
+                cells.append(", ".join(f"{m:.2f} ({sd:.2f})" for m, sd in zip(mean[1:], std[1:])))
+            lines.append(f"| {row} | {n} | " + " | ".join(cells) + " |")
         lines.append("")
     diag = raw / "diagnostics.json"
     if diag.exists():
