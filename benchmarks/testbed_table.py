@@ -550,28 +550,58 @@ def part_report(opts: dict[str, Any]) -> None:
 
 
 def plot_curves(curves, levels, path: Path) -> None:
+    """Training reward vs step per L (top) and each estimator's difference to RLOO on the same steps (bottom).
+
+    Every row of a seed sees the same contexts and noises at every step (seeded data order and noise), so the
+    step-to-step swings are shared; the paired difference removes them. Means over seeds, moving average over
+    3 logged points; the band is the std over seeds.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(levels), figsize=(3.2 * len(levels), 3), squeeze=False)
-    for ax, num_steps in zip(axes[0], levels):
+    levels = [n for n in levels if any(n == key[1] and key[0] in ESTIMATOR_ROWS for key in curves)]
+    if not levels:
+        return
+
+    def series(row, num_steps):
+        runs = {s: c for (r, n, s), c in curves.items() if r == row and n == num_steps}
+        if not runs:
+            return None, None
+        length = min(len(c) for c in runs.values())
+        steps = [c for c in next(iter(runs.values()))[:length]]
+        values = torch.tensor([[point[1] for point in c[:length]] for c in runs.values()])
+        kernel = torch.ones(1, 1, 3) / 3
+        smooth = torch.nn.functional.conv1d(values[:, None], kernel, padding=1)[:, 0]
+        smooth[:, 0], smooth[:, -1] = values[:, :2].mean(1), values[:, -2:].mean(1)
+        return [point[0] for point in steps], dict(zip(runs, smooth))
+
+    fig, axes = plt.subplots(2, len(levels), figsize=(3.4 * len(levels), 5.4), squeeze=False, sharex=True)
+    for j, num_steps in enumerate(levels):
+        steps, reference = series("RLOO", num_steps)
         for row in ESTIMATOR_ROWS:
-            runs = [c for (r, n, _), c in curves.items() if r == row and n == num_steps]
-            if not runs:
+            row_steps, values = series(row, num_steps)
+            if values is None:
                 continue
-            length = min(len(c) for c in runs)
-            steps = [runs[0][i][0] for i in range(length)]
-            values = torch.tensor([[c[i][1] for i in range(length)] for c in runs])
-            mean = values.mean(0)
-            ax.plot(steps, mean, label=row)
-            if len(runs) > 1:
-                std = values.std(0)
-                ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-        ax.set_title(f"L = {num_steps}")
-        ax.set_xlabel("step")
-    axes[0][0].set_ylabel("mean training reward")
+            stacked = torch.stack(list(values.values()))
+            color = f"C{ESTIMATOR_ROWS.index(row)}"
+            axes[0][j].plot(row_steps, stacked.mean(0), label=row, color=color)
+            if reference is None or row == "RLOO":
+                continue
+            seeds = [s for s in values if s in reference]
+            length = min(len(row_steps), len(steps))
+            diff = torch.stack([values[s][:length] - reference[s][:length] for s in seeds])
+            mean = diff.mean(0)
+            axes[1][j].plot(row_steps[:length], mean, label=row, color=color)
+            if len(seeds) > 1:
+                std = diff.std(0)
+                axes[1][j].fill_between(row_steps[:length], mean - std, mean + std, alpha=0.15, color=color)
+        axes[1][j].axhline(0.0, color="black", linewidth=0.8)
+        axes[0][j].set_title(f"L = {num_steps}")
+        axes[1][j].set_xlabel("step")
+    axes[0][0].set_ylabel("training reward (mean of seeds)")
+    axes[1][0].set_ylabel("minus RLOO's, same steps")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
