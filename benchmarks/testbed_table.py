@@ -45,6 +45,7 @@ import math
 import multiprocessing
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -650,7 +651,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
     )
     opts = dict(vars(args), parent_pid=os.getpid(), deadline=time.time() + args.deadline_s, device_name=f"{device_name}; {platform.platform()}; torch {torch.__version__}",
-                command="python " + " ".join([sys.argv[0] if argv is None else "benchmarks/testbed_table.py", *(sys.argv[1:] if argv is None else argv)]))  # fmt: skip
+                command="python " + shlex.join([sys.argv[0] if argv is None else "benchmarks/testbed_table.py", *(sys.argv[1:] if argv is None else argv)]))  # fmt: skip
     if args.part in ("runs", "all"):
         part_runs(opts)
     if args.part in ("diagnostics", "all"):
