@@ -49,6 +49,7 @@ import shlex
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -209,11 +210,35 @@ def job_name(job: tuple) -> str:
     return f"{slug.replace(',', '').replace('/', '')}_L{num_steps}_s{seed}"
 
 
+_BUSY = threading.Event()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """Worker initializer: once the run's main process is gone, leave as soon as no job is running (a job in
+    flight still finishes and writes its file; an orphaned pool worker would otherwise linger)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(2.0)
+            if os.getppid() != parent_pid and not _BUSY.is_set():
+                os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def run_job(job: tuple, opts: dict[str, Any]) -> dict[str, Any] | None:
     """One job: ("fixed", None, L, seed) evaluates every fixed schedule; ("trained", row, L, seed) trains and
     evaluates one row. Writes `raw_dir/<job>.json` and returns it (None if past the deadline)."""
     if time.time() > opts["deadline"] or opts["parent_pid"] not in (os.getpid(), os.getppid()):
         return None  # past the deadline, or the run was stopped: an orphaned worker takes no new job
+    _BUSY.set()
+    try:
+        return _run_job(job, opts)
+    finally:
+        _BUSY.clear()
+
+
+def _run_job(job: tuple, opts: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(opts["threads"])
     kind, row, num_steps, seed = job
     w = world(opts["device"], opts["num_test"])
@@ -279,7 +304,9 @@ def part_runs(opts: dict[str, Any]) -> None:
             run_job(job, opts)
         return
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(opts["workers"], mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        opts["workers"], mp_context=context, initializer=_exit_when_orphaned, initargs=(os.getpid(),)
+    ) as pool:
         futures = [pool.submit(run_job, job, opts) for job in jobs]
         for future in concurrent.futures.as_completed(futures):
             future.result()  # raise a worker's error here
