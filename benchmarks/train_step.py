@@ -26,6 +26,12 @@ of the floor. Parts:
 - reward: an HPSv2-sized CLIP ViT-H/14 image tower (random weights, bf16) scoring the cosine similarity of its
   image embedding with a fixed random embedding per prompt.
 
+With ``--compare_compile`` every cell is measured twice in the same process, eager and then with
+``ScheduleRLConfig.compile_denoiser`` (``torch.compile`` of the frozen denoiser, options from
+``--compile_kwargs``; the warm-up steps absorb the compilation): the table gets a second row per cell, and a
+before/after table gives the ratios of step and sampling time and the largest difference between the
+compiled and the eager denoiser's output on the same rollouts (relative to the output's largest magnitude).
+
 Results are appended row by row to a markdown table (and the raw numbers to ``<out>.json``), so a run cut
 short keeps what it measured. A cell that runs out of GPU memory is recorded as OOM (with the phase that
 failed) and the run goes on. Run on a GPU::
@@ -477,6 +483,28 @@ def count_denoise_syncs(sampler, n: int, num_steps: int, seed: int) -> dict[str,
     return {"before_loop": sum(i < start for i in syncs), "in_loop": sum(i >= start for i in syncs)}
 
 
+def uncompile(module: torch.nn.Module) -> None:
+    """Undo `module.compile()` (`nn.Module.compile` keeps the compiled callable in `_compiled_call_impl`) and
+    drop dynamo's caches, so the next cell starts eager and compiles afresh."""
+    module._compiled_call_impl = None
+    torch._dynamo.reset()
+
+
+def compiled_vs_eager(sampler, n: int, num_steps: int, seed: int) -> float:
+    """max |compiled - eager| / max |eager| of one `sampler.denoise` of `n` rollouts (same inputs), with the
+    sampler's denoiser compiled in place; it is compiled again on return."""
+    x_T, cond, times = _rollout_batch(sampler, n, num_steps, seed)
+    module = sampler.denoiser
+    with torch.no_grad():
+        compiled = sampler.denoise(x_T, cond, times).float()
+        impl, module._compiled_call_impl = module._compiled_call_impl, None
+        try:
+            eager = sampler.denoise(x_T, cond, times).float()
+        finally:
+            module._compiled_call_impl = impl
+    return float((compiled - eager).abs().max() / eager.abs().max().clamp_min(1e-12))
+
+
 _OOM_STAGES = {  # function in the traceback -> the phase of the step it belongs to (deepest wins)
     "encode": "encode",
     "policy_inputs": "encode",
@@ -492,6 +520,7 @@ _OOM_STAGES = {  # function in the traceback -> the phase of the step it belongs
     "time_floor": "floor",
     "call": "floor",
     "count_denoise_syncs": "sync check",
+    "compiled_vs_eager": "compile check",
 }
 
 
@@ -517,7 +546,14 @@ def _oom_stage(err: BaseException) -> str:
 
 
 def _config(
-    args, family: str, tmp: str, device: torch.device, resolution: int, num_steps: int, max_steps: int
+    args,
+    family: str,
+    tmp: str,
+    device: torch.device,
+    resolution: int,
+    num_steps: int,
+    max_steps: int,
+    compiled: bool = False,
 ):
     from trl_schedule.schedule_rl_config import ScheduleRLConfig
 
@@ -543,6 +579,8 @@ def _config(
         num_eval_prompts=1,
         disable_tqdm=True,
         seed=args.seed,
+        compile_denoiser=compiled,
+        compile_denoiser_kwargs=args.compile_kwargs if compiled else None,
     )
 
 
@@ -568,8 +606,19 @@ def _tiny_policy(family: str, pipe, resolution: int, num_steps: int):
     )
 
 
-def run_cell(args, family: str, pipe, reward, device: torch.device, resolution: int, num_steps: int) -> dict:
+def run_cell(
+    args,
+    family: str,
+    pipe,
+    reward,
+    device: torch.device,
+    resolution: int,
+    num_steps: int,
+    compiled: bool = False,
+) -> dict:
     """One (family, resolution, L) cell: the trainer steps, estimator, floor and (optionally) the sync check.
+    `compiled`: the trainer compiles the denoiser (`compile_denoiser`); the row also gets `compile_max_rel_diff`
+    and the denoiser is eager again afterwards.
 
     Returns:
         The row dict (`status="ok"`); raises whatever the measurement raised (the caller records OOM).
@@ -583,7 +632,8 @@ def run_cell(args, family: str, pipe, reward, device: torch.device, resolution: 
     max_steps = args.warmup_steps + args.steps_timed + (1 if args.profile else 0)
     profile_path = None
     if args.profile:
-        profile_path = Path(args.profile) / f"{family}_{resolution}_L{num_steps}_B{b}xK{k}.json"
+        variant = "_compiled" if compiled else ""
+        profile_path = Path(args.profile) / f"{family}_{resolution}_L{num_steps}_B{b}xK{k}{variant}.json"
     timer = StepTimer(device, args.warmup_steps, args.steps_timed, profile_path)
     prompts = Dataset.from_dict({"prompt": [f"a photo of object number {i}" for i in range(b * max_steps)]})
     policy = _tiny_policy(family, pipe, resolution, num_steps) if args.tiny else None
@@ -593,7 +643,7 @@ def run_cell(args, family: str, pipe, reward, device: torch.device, resolution: 
             pipeline=pipe,
             policy=policy,
             reward_funcs=reward,
-            args=_config(args, family, tmp, device, resolution, num_steps, max_steps),
+            args=_config(args, family, tmp, device, resolution, num_steps, max_steps, compiled),
             train_dataset=prompts,
             callbacks=[timer.callback],
         )
@@ -613,9 +663,13 @@ def run_cell(args, family: str, pipe, reward, device: torch.device, resolution: 
                 row["syncs"] = count_denoise_syncs(trainer.sampler, b * k, num_steps, 0)
             if profile_path is not None:
                 row["profile"] = str(profile_path)
+            if compiled:
+                row["compile_max_rel_diff"] = compiled_vs_eager(trainer.sampler, b * k, num_steps, 0)
         finally:
             if timer._profiler is not None:  # the profiled step failed: close the profiler
                 timer._profiler.__exit__(None, None, None)
+            if compiled:
+                uncompile(trainer.sampler.denoiser)
             del trainer
     row["status"] = "ok"
     return row
@@ -650,7 +704,8 @@ def _pass(flag: bool | None) -> str:
 
 def format_row(row: dict) -> str:
     """One markdown table row (`status` ok, oom or skipped)."""
-    lead = f"| {row['model']} | {row['resolution']} | {row['L']} | {row['B']} x {row['K']} |"
+    model = row["model"] + (", compiled" if row.get("compiled") else "")
+    lead = f"| {model} | {row['resolution']} | {row['L']} | {row['B']} x {row['K']} |"
     if row["status"] != "ok":
         text = f"OOM in {row['stage']}" if row["status"] == "oom" else row["status"]
         return lead + f" {text} |" + " |" * 13
@@ -719,6 +774,38 @@ def _cells(args) -> list[tuple[int, int]]:
     return [(resolution, steps) for resolution in args.resolutions for steps in args.steps]
 
 
+def _variants(args) -> list[tuple[tuple[int, int], bool]]:
+    """Each cell, eager, then (with `--compare_compile`) compiled right after it."""
+    return [
+        (cell, compiled) for cell in _cells(args) for compiled in (False, True)[: 1 + args.compare_compile]
+    ]
+
+
+def compile_table(rows: list[dict], compile_kwargs: dict | None) -> list[str]:
+    """Before/after of `compile_denoiser`, cell by cell (both rows of a pair come from the same run)."""
+    lines = [
+        f"## torch.compile of the denoiser (`compile_denoiser=True`, kwargs {compile_kwargs or {}}): same run",
+        "",
+        "| model | resolution | L | step eager s | step compiled s | step eager/compiled | sampling eager/compiled "
+        "| max rel diff of denoise |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    eager = {(r["family"], r["resolution"], r["L"]): r for r in rows if not r.get("compiled")}
+    for row in rows:
+        before = eager.get((row["family"], row["resolution"], row["L"]))
+        if not row.get("compiled") or before is None:
+            continue
+        lead = f"| {row['model']} | {row['resolution']} | {row['L']} |"
+        if row["status"] != "ok" or before["status"] != "ok":
+            lines.append(lead + f" {before['status']} | {row['status']} | | | |")
+            continue
+        lines.append(
+            lead + f" {before['step']:.4f} | {row['step']:.4f} | {before['step'] / row['step']:.3f} | "
+            f"{before['sampling'] / row['sampling']:.3f} | {row['compile_max_rel_diff']:.2e} |"
+        )
+    return lines
+
+
 def run(args) -> list[dict]:
     """Measure every (family, resolution, L) cell, writing the table row by row. Returns the rows."""
     from trl_schedule.samplers.tiny import tiny_pipeline
@@ -746,9 +833,15 @@ def run(args) -> list[dict]:
     for family in args.families:
         model = f"tiny {family}" if args.tiny else _overhead.NAMES[family]
         pipe = None
-        for resolution, steps in _cells(args):
+        for (resolution, steps), compiled in _variants(args):
             base = dict(
-                family=family, model=model, resolution=resolution, L=steps, B=args.contexts, K=args.rollouts
+                family=family,
+                model=model,
+                resolution=resolution,
+                L=steps,
+                B=args.contexts,
+                K=args.rollouts,
+                compiled=compiled,
             )
             if expired():
                 emit(dict(base, status=f"skipped (deadline {args.deadline_s:g} s)"))
@@ -760,7 +853,7 @@ def run(args) -> list[dict]:
                     pipe = tiny_pipeline(family, **({"guidance_embeds": True} if family == "flux" else {}))
                 elif pipe is None:
                     pipe = full_size_pipeline(family, device, dtype, seed=args.seed)
-                row = dict(base, **run_cell(args, family, pipe, reward, device, resolution, steps))
+                row = dict(base, **run_cell(args, family, pipe, reward, device, resolution, steps, compiled))
                 derive(row)
             except Exception as err:  # noqa: BLE001 -- only out-of-memory is recorded; the rest re-raises
                 oom = _oom_error(err)
@@ -775,6 +868,8 @@ def run(args) -> list[dict]:
         pipe = None  # free the family's models before the next one
         _free(device)
     with out.open("a") as f:
+        if args.compare_compile:
+            f.write("\n" + "\n".join(compile_table(rows, args.compile_kwargs)) + "\n")
         f.write(f"\nTotal wall time {time.perf_counter() - start:.1f} s.\n")
         f.write("\n```json\n" + json.dumps(rows, indent=1) + "\n```\n")
     return rows
@@ -809,6 +904,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument(
         "--deadline_s", type=float, default=None, help="skip the remaining cells after this many seconds"
+    )
+    parser.add_argument(
+        "--compare_compile",
+        action="store_true",
+        help="measure every cell eager and then with compile_denoiser=True (before/after in one run)",
+    )
+    parser.add_argument(
+        "--compile_kwargs",
+        type=json.loads,
+        default=None,
+        help='torch.compile options as JSON for --compare_compile, e.g. \'{"mode": "max-autotune-no-cudagraphs"}\'',
     )
     parser.add_argument("--tiny", action="store_true", help="tiny pipelines on CPU (smoke test)")
     parser.add_argument("--out", default="benchmarks/results/train_step.md")

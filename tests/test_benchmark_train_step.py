@@ -113,6 +113,36 @@ def test_oom_cell_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     assert "n/a" in table[1][-1]  # the floor target cannot be judged without a floor
 
 
+def test_compare_compile_measures_each_cell_eager_then_compiled(tmp_path):
+    """`--compare_compile`: per cell an eager and a compiled row from the same run, the before/after table with
+    their ratios and the compiled-vs-eager difference of the denoiser's output (0 with `aot_eager`), and the
+    denoiser eager again after each compiled cell (the next eager row really is eager)."""
+    bench = _load()
+    out = tmp_path / "compile.md"
+    argv = ["--tiny", "--families", "sd3", "--steps", "2", "3", "--floor_repeats", "0", "--compare_compile"]
+    rows = bench.main([*argv, "--compile_kwargs", '{"backend": "aot_eager"}', "--out", str(out)])
+
+    assert [(row["L"], row["compiled"]) for row in rows] == [(2, False), (2, True), (3, False), (3, True)]
+    assert all(row["status"] == "ok" and row["step"] > 0 for row in rows)
+    assert [row["compile_max_rel_diff"] for row in rows if row["compiled"]] == [0.0, 0.0]
+    assert not any("compile_max_rel_diff" in row for row in rows if not row["compiled"])
+    text = out.read_text()
+    main_table = text.split("## torch.compile")[0]
+    assert [cells[0] for cells in _table_rows(main_table)] == ["tiny sd3", "tiny sd3, compiled"] * 2
+    assert (
+        "## torch.compile of the denoiser (`compile_denoiser=True`, kwargs {'backend': 'aot_eager'})" in text
+    )
+    before_after = [
+        line for line in text.split("## torch.compile")[1].splitlines() if line.startswith("| tiny")
+    ]
+    assert len(before_after) == 2
+    for line, (eager, compiled) in zip(before_after, [rows[0:2], rows[2:4]]):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[5] == f"{eager['step'] / compiled['step']:.3f}"
+        assert cells[6] == f"{eager['sampling'] / compiled['sampling']:.3f}" and cells[7] == "0.00e+00"
+    torch._dynamo.reset()
+
+
 def test_deadline_skips_remaining_cells(tmp_path):
     bench = _load()
     out = tmp_path / "late.md"

@@ -591,7 +591,9 @@ def test_rollout_micro_batches_give_the_same_run(pipes, tmp_path, rollout_batch_
     chunked = run(tmp_path / "chunked", rollout_batch_size=rollout_batch_size)
     for a, b in zip(whole.records, chunked.records):
         assert len(b["rewards"]) == 6
-        torch.testing.assert_close(torch.tensor(b["rewards"]), torch.tensor(a["rewards"]), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            torch.tensor(b["rewards"]), torch.tensor(a["rewards"]), rtol=1e-5, atol=1e-6
+        )
         torch.testing.assert_close(
             torch.tensor(b["loss_advantages"]), torch.tensor(a["loss_advantages"]), rtol=1e-4, atol=1e-6
         )
@@ -601,6 +603,56 @@ def test_rollout_micro_batches_give_the_same_run(pipes, tmp_path, rollout_batch_
     assert logs["timing/sampling"] > 0 and logs["timing/estimator"] > 0
     # the rollout figure still shows the first contexts' K images
     assert (tmp_path / "chunked" / "images" / "step_000000.png").exists()
+
+
+def test_compile_denoiser_gives_the_same_run(tmp_path):
+    """`compile_denoiser` compiles the frozen denoiser in place (dynamo traces it: graphs are built) and the run
+    is unchanged. `aot_eager` keeps the test fast and exact (inductor takes ~1 min to compile on a CPU; its
+    numerical agreement on real models is measured by `benchmarks/train_step.py --compare_compile`)."""
+    from torch._dynamo.utils import counters
+
+    def run(out, **overrides):
+        trainer = RecordingTrainer(
+            pipeline=tiny_pipeline("sd3"),  # a fresh pipeline: compiling is in place
+            policy=tiny_policy_config("sd3"),
+            reward_funcs=[_tag_and_pattern, contrast],
+            args=tiny_args(out, "sd3", log_images_steps=0, **overrides),
+            train_dataset=prompt_dataset(),
+        )
+        trainer.train()
+        return trainer
+
+    eager = run(tmp_path / "eager")
+    torch._dynamo.reset()
+    graphs = counters["stats"]["unique_graphs"]
+    compiled = run(
+        tmp_path / "compiled", compile_denoiser=True, compile_denoiser_kwargs='{"backend": "aot_eager"}'
+    )
+    assert counters["stats"]["unique_graphs"] > graphs
+    assert compiled.sampler.denoiser._compiled_call_impl is not None
+    assert not eager.sampler.denoiser._compiled_call_impl
+    for a, b in zip(eager.records, compiled.records):
+        torch.testing.assert_close(
+            torch.tensor(b["rewards"]), torch.tensor(a["rewards"]), rtol=1e-5, atol=1e-6
+        )
+        torch.testing.assert_close(
+            torch.tensor(b["loss_advantages"]), torch.tensor(a["loss_advantages"]), rtol=1e-4, atol=1e-6
+        )
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(compile_denoiser=True, compile_denoiser_kwargs='{"bakend": "eager"}'), "bakend"),
+        (dict(compile_denoiser=True, compile_denoiser_kwargs="{mode: 1}"), "not valid JSON"),
+        (dict(compile_denoiser=True, compile_denoiser_kwargs=["eager"]), "must be a dict"),
+        (dict(compile_denoiser_kwargs={"mode": "default"}), "compile_denoiser=True"),
+    ],
+)
+def test_compile_denoiser_kwargs_are_checked(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_args(tmp_path, **kwargs)
 
 
 def test_rollout_batch_size_is_checked(tmp_path):

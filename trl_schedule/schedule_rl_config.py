@@ -7,9 +7,13 @@ arXiv 2511.22177, DESIGN.md §5) where it gives one. Invariants are checked in `
 
 from __future__ import annotations
 
+import inspect
+import json
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 from trl.trainer.base_config import _BaseConfig
 
 from .estimators import ESTIMATORS
@@ -52,6 +56,14 @@ class ScheduleRLConfig(_BaseConfig):
             SD3 7.0, SDXL 5.0).
         max_sequence_length (`int` or `None`, *optional*, defaults to `None`):
             T5 tokens for Flux / SD3; `None` = the sampler's default (512 / 256). Not accepted for SDXL.
+        compile_denoiser (`bool`, *optional*, defaults to `False`):
+            Compile the frozen denoiser (the transformer / UNet, where almost all of a step's time goes) with
+            `torch.compile`, in place (`nn.Module.compile`: the pipeline you passed runs compiled afterwards
+            too). The first step(s) pay the compilation; a rollout micro-batch of a new size compiles once
+            more. Opt-in. Not the same as transformers' `torch_compile`, which compiles the (small) policy.
+        compile_denoiser_kwargs (`dict`, `str` or `None`, *optional*, defaults to `None`):
+            Keyword arguments of `torch.compile` for `compile_denoiser` (a dict, or a JSON string of one on
+            the command line), e.g. `{"mode": "max-autotune-no-cudagraphs"}`; `None` = torch's defaults.
 
         > Baseline
 
@@ -134,6 +146,19 @@ class ScheduleRLConfig(_BaseConfig):
     max_sequence_length: int | None = field(
         default=None,
         metadata={"help": "T5 tokens (Flux / SD3 only); None = sampler default (512 / 256)."},
+    )
+    compile_denoiser: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the frozen denoiser in place (opt-in; the first steps pay the compilation)."
+        },
+    )
+    compile_denoiser_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments of torch.compile for compile_denoiser, a dict or a JSON string, e.g. "
+            '\'{"mode": "max-autotune-no-cudagraphs"}\'; None = torch\'s defaults.'
+        },
     )
 
     # ----------------------------------------------------------------------------------------------- baseline
@@ -245,6 +270,12 @@ class ScheduleRLConfig(_BaseConfig):
             _check_int(
                 "rollout_batch_size", self.rollout_batch_size, 1, "or rollout_batch_size=None for one batch"
             )
+        self.compile_denoiser_kwargs = _compile_kwargs(self.compile_denoiser_kwargs)
+        if self.compile_denoiser_kwargs is not None and not self.compile_denoiser:
+            raise ValueError(
+                f"`compile_denoiser_kwargs`={self.compile_denoiser_kwargs!r} is set but `compile_denoiser` is "
+                "False: set compile_denoiser=True to compile the denoiser, or drop the kwargs."
+            )
         for name in ("height", "width", "max_sequence_length"):
             value = getattr(self, name)
             if value is not None:
@@ -286,3 +317,32 @@ class ScheduleRLConfig(_BaseConfig):
 def _check_int(name: str, value, minimum: int, fix: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"`{name}`={value!r} must be an int >= {minimum}; {fix}.")
+
+
+_COMPILE_OPTIONS = tuple(name for name in inspect.signature(torch.compile).parameters if name != "model")
+
+
+def _compile_kwargs(value: Any) -> dict | None:
+    """`compile_denoiser_kwargs` as a dict of `torch.compile` options (parsing a JSON string), or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"`compile_denoiser_kwargs`={value!r} is not valid JSON ({err.msg}); pass a JSON object, e.g. "
+                '\'{"mode": "max-autotune-no-cudagraphs"}\'.'
+            ) from None
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"`compile_denoiser_kwargs`={value!r} must be a dict of torch.compile options (or its JSON string), "
+            "e.g. {'mode': 'max-autotune-no-cudagraphs'}, or None for torch's defaults."
+        )
+    unknown = sorted(set(value) - set(_COMPILE_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"`compile_denoiser_kwargs` has {unknown}, which torch.compile does not take; its options are "
+            f"{list(_COMPILE_OPTIONS)}."
+        )
+    return dict(value)

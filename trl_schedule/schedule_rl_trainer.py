@@ -391,6 +391,8 @@ class ScheduleRLTrainer(_BaseTrainer):
         self.pipeline = self._load_pipeline(pipeline, args)
         self.sampler = self._build_sampler(self.pipeline, args)
         self._probe = self._probe_policy_inputs(self.sampler)
+        if args.compile_denoiser:  # in place and lazy: the first rollout pays the compilation
+            self.sampler.denoiser.compile(**(args.compile_denoiser_kwargs or {}))
         policy = self._resolve_policy(policy, args)
 
         super().__init__(
@@ -668,7 +670,12 @@ class ScheduleRLTrainer(_BaseTrainer):
                 if col != args.prompt_column
             }
             per_func, rewards, images = self._sample_and_score(
-                x_T.repeat_interleave(k, dim=0), cond.repeat_interleave(k), times, prompts_rep, columns, timings
+                x_T.repeat_interleave(k, dim=0),
+                cond.repeat_interleave(k),
+                times,
+                prompts_rep,
+                columns,
+                timings,
             )
 
             device = self.accelerator.device
