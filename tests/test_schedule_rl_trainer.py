@@ -571,24 +571,27 @@ def _tag_and_pattern(images, prompts, tag, **kwargs):
     return prompt_pattern(images, prompts) + torch.tensor(tag, dtype=torch.float32)
 
 
+def _train_recording(out, pipeline, family: str, **overrides) -> RecordingTrainer:
+    """A short recorded run of `family`'s tiny policy with the tagged and contrast rewards."""
+    trainer = RecordingTrainer(
+        pipeline=pipeline,
+        policy=tiny_policy_config(family),
+        reward_funcs=[_tag_and_pattern, contrast],
+        args=tiny_args(out, family, **overrides),
+        train_dataset=prompt_dataset(),
+    )
+    trainer.train()
+    return trainer
+
+
 @pytest.mark.parametrize("rollout_batch_size", [1, 4])
 def test_rollout_micro_batches_give_the_same_run(pipes, tmp_path, rollout_batch_size):
     """`rollout_batch_size` only changes how many rollouts go through the sampler at once: rewards, the
     estimator's advantages (computed on the whole batch) and the trained policy match the one-batch run."""
-
-    def run(out, **overrides):
-        trainer = RecordingTrainer(
-            pipeline=pipes["flux"],
-            policy=tiny_policy_config("flux"),
-            reward_funcs=[_tag_and_pattern, contrast],
-            args=tiny_args(out, "flux", log_images_steps=1, **overrides),
-            train_dataset=prompt_dataset(),
-        )
-        trainer.train()
-        return trainer
-
-    whole = run(tmp_path / "whole")
-    chunked = run(tmp_path / "chunked", rollout_batch_size=rollout_batch_size)
+    whole = _train_recording(tmp_path / "whole", pipes["flux"], "flux", log_images_steps=1)
+    chunked = _train_recording(
+        tmp_path / "chunked", pipes["flux"], "flux", log_images_steps=1, rollout_batch_size=rollout_batch_size
+    )
     for a, b in zip(whole.records, chunked.records):
         assert len(b["rewards"]) == 6
         torch.testing.assert_close(
@@ -611,22 +614,17 @@ def test_compile_denoiser_gives_the_same_run(tmp_path):
     numerical agreement on real models is measured by `benchmarks/train_step.py --compare_compile`)."""
     from torch._dynamo.utils import counters
 
-    def run(out, **overrides):
-        trainer = RecordingTrainer(
-            pipeline=tiny_pipeline("sd3"),  # a fresh pipeline: compiling is in place
-            policy=tiny_policy_config("sd3"),
-            reward_funcs=[_tag_and_pattern, contrast],
-            args=tiny_args(out, "sd3", log_images_steps=0, **overrides),
-            train_dataset=prompt_dataset(),
-        )
-        trainer.train()
-        return trainer
-
-    eager = run(tmp_path / "eager")
+    # fresh pipelines: compiling is in place
+    eager = _train_recording(tmp_path / "eager", tiny_pipeline("sd3"), "sd3", log_images_steps=0)
     torch._dynamo.reset()
     graphs = counters["stats"]["unique_graphs"]
-    compiled = run(
-        tmp_path / "compiled", compile_denoiser=True, compile_denoiser_kwargs='{"backend": "aot_eager"}'
+    compiled = _train_recording(
+        tmp_path / "compiled",
+        tiny_pipeline("sd3"),
+        "sd3",
+        log_images_steps=0,
+        compile_denoiser=True,
+        compile_denoiser_kwargs='{"backend": "aot_eager"}',
     )
     assert counters["stats"]["unique_graphs"] > graphs
     assert compiled.sampler.denoiser._compiled_call_impl is not None
