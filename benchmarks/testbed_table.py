@@ -433,12 +433,15 @@ def part_diagnostics(opts: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], n_seeds: int) -> str:
+    """Mean ± std over seeds; a cell with fewer than `n_seeds` seeds says how many it has."""
     if not values:
         return "—"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+        text = f"{values[0]:.3f}"
+    else:
+        text = f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+    return text if len(values) >= n_seeds else f"{text} (n={len(values)})"
 
 
 def load_raw(raw: Path) -> dict[tuple[str, int, int], list[float]]:
@@ -508,17 +511,18 @@ def part_report(opts: dict[str, Any]) -> None:
     lines += [f"- command (report): `{opts['command']}`", ""]
     header = "| row | " + " | ".join(f"L={n}" for n in levels) + " |"
     sep = "|---|" + "---|" * len(levels)
+    seeds = sorted({k[2] for k in table})
     lines += ["## Held-out reward (mean ± std over seeds)", "", header, sep]
     for row in rows:
-        lines.append(f"| {row} | " + " | ".join(_mean_std(cell(row, n)) for n in levels) + " |")
+        lines.append(f"| {row} | " + " | ".join(_mean_std(cell(row, n), len(seeds)) for n in levels) + " |")
     lines += ["", "## Gain over the default schedule, paired on the same prompts and noises (mean ± std over seeds)", "",
               header, sep]  # fmt: skip
     for row in rows:
         if row == "default":
             continue
-        lines.append(f"| {row} | " + " | ".join(_mean_std(cell(row, n, paired=True)) for n in levels) + " |")
-    seeds = sorted({k[2] for k in table})
-    lines += ["", f"Seeds: {seeds}; cells with fewer seeds show one number.", ""]
+        cells = (_mean_std(cell(row, n, paired=True), len(seeds)) for n in levels)
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += ["", f"Seeds: {seeds}; a cell with fewer seeds says how many it has (n=...); — = not run.", ""]
 
     if curves:
         path = Path(opts["out"]).with_name(Path(opts["out"]).stem + "_curves.png")
