@@ -391,8 +391,6 @@ class ScheduleRLTrainer(_BaseTrainer):
         self.pipeline = self._load_pipeline(pipeline, args)
         self.sampler = self._build_sampler(self.pipeline, args)
         self._probe = self._probe_policy_inputs(self.sampler)
-        if args.compile_denoiser:  # in place and lazy: the first rollout pays the compilation
-            self.sampler.denoiser.compile(**(args.compile_denoiser_kwargs or {}))
         policy = self._resolve_policy(policy, args)
 
         super().__init__(
@@ -406,6 +404,10 @@ class ScheduleRLTrainer(_BaseTrainer):
         for func in self.reward_funcs:
             if isinstance(func.fn, torch.nn.Module):
                 func.fn.to(self.accelerator.device).eval().requires_grad_(False)
+        # In place, after everything that can fail (a failed construction leaves the pipeline as it was); lazy:
+        # the first rollout pays the compilation.
+        if args.compile_denoiser:
+            self.sampler.denoiser.compile(**(args.compile_denoiser_kwargs or {}))
         self._metrics: dict[str, defaultdict[str, list[float]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
