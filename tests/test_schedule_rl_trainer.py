@@ -610,7 +610,7 @@ def test_rollout_micro_batches_give_the_same_run(pipes, tmp_path, rollout_batch_
 
 def test_compile_denoiser_gives_the_same_run(tmp_path):
     """`compile_denoiser` compiles the frozen denoiser in place (dynamo traces it: graphs are built) and the run
-    is unchanged. `aot_eager` keeps the test fast and exact (inductor takes ~1 min to compile on a CPU; its
+    is unchanged. `aot_eager` keeps the test fast and exact (inductor compiles slowly on a CPU; its
     numerical agreement on real models is measured by `benchmarks/train_step.py --compare_compile`)."""
     from torch._dynamo.utils import counters
 
