@@ -90,6 +90,8 @@ def test_save_load_round_trip(pipe, tmp_path):
     torch.testing.assert_close(
         loaded(PROMPTS, **common).images, pipe(PROMPTS, **common).images, atol=0, rtol=0
     )
+    half = load_testbed_pipeline(tmp_path, dtype=torch.bfloat16)
+    assert half.unet.dtype == half.text_encoder.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="model_index.json"):
         load_testbed_pipeline(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="size="):

@@ -62,6 +62,7 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 from trl.trainer.base_trainer import _BaseTrainer
 
+from ._diffusers_compat import dtype_kwarg
 from .estimators import JamesSteinBaseline, get_estimator
 from .policy import DirichletSchedulePolicy, DirichletSchedulePolicyConfig
 from .prompts import load_prompt_dataset
@@ -455,7 +456,7 @@ class ScheduleRLTrainer(_BaseTrainer):
             from diffusers import DiffusionPipeline
 
             pipeline = DiffusionPipeline.from_pretrained(
-                str(pipeline), torch_dtype=getattr(torch, args.torch_dtype)
+                str(pipeline), **dtype_kwarg(getattr(torch, args.torch_dtype))
             )
         if not hasattr(pipeline, "components"):
             raise ValueError(

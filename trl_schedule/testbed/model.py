@@ -30,6 +30,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, UNet2D
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .._diffusers_compat import dtype_kwarg
 from .scenes import IMAGE_SIZE, VOCAB
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -350,7 +351,7 @@ def load_testbed_pipeline(
             f"No testbed pipeline at {path} (no model_index.json). Train one with "
             "`python benchmarks/testbed/train_base.py` or pass the folder a `save_pretrained` call wrote."
         )
-    pipe = TestbedPipeline.from_pretrained(path, torch_dtype=dtype).to(device)
+    pipe = TestbedPipeline.from_pretrained(path, **dtype_kwarg(dtype)).to(device)
     pipe.unet.eval().requires_grad_(False)
     pipe.text_encoder.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
