@@ -304,8 +304,10 @@ def load_pipeline(script_args: ScheduleScriptArguments, training_args: ScheduleR
     else:
         from diffusers import DiffusionPipeline
 
+        from trl_schedule._diffusers_compat import dtype_kwarg
+
         pipe = DiffusionPipeline.from_pretrained(
-            script_args.model_name_or_path, torch_dtype=getattr(torch, training_args.torch_dtype)
+            script_args.model_name_or_path, **dtype_kwarg(getattr(torch, training_args.torch_dtype))
         )
         pipe.set_progress_bar_config(disable=True)
     if script_args.lora_path is not None:

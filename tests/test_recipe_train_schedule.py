@@ -217,6 +217,27 @@ def test_rewards_and_script_argument_errors(recipe):
     assert recipe.ScheduleScriptArguments(tiny=True).reward == "brightness"
 
 
+def test_load_pipeline_from_a_saved_directory_with_a_lora(recipe, tmp_path):
+    """`--model_name_or_path DIR --lora_path LORA`: the recipe loads the pipeline itself, in
+    `--torch_dtype`, and loads the LoRA into it."""
+    from trl_schedule.samplers.tiny import tiny_pipeline
+
+    tiny_pipeline("sdxl").save_pretrained(tmp_path / "pipe")
+    lora_b = _save_tiny_sdxl_lora(tmp_path / "lora")
+    script_args = recipe.ScheduleScriptArguments(
+        model_name_or_path=str(tmp_path / "pipe"), lora_path=str(tmp_path / "lora"), reward="brightness"
+    )
+    args = recipe.ScheduleRLConfig(output_dir=str(tmp_path / "out"), torch_dtype="bfloat16", report_to="none")
+    pipe = recipe.load_pipeline(script_args, args)
+    assert pipe.unet.dtype == torch.bfloat16
+    loaded = {n: p for n, p in pipe.unet.named_parameters() if "lora_B" in n}
+    assert len(loaded) == len(lora_b) > 0
+    name, value = next(iter(lora_b.items()))
+    torch.testing.assert_close(
+        loaded[name.replace("lora_B.weight", "lora_B.default_0.weight")].float(), value.bfloat16().float()
+    )
+
+
 @pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
 def test_paper_configs_parse_with_the_recipe_parser(recipe, tmp_path, name):
     model_id, contexts, guidance = PAPER_CONFIGS[name]
