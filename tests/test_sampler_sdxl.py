@@ -8,8 +8,8 @@ from diffusers import EulerDiscreteScheduler
 
 from trl_schedule.samplers.base import Conditioning
 from trl_schedule.samplers.sdxl import SDXLScheduleSampler
-from trl_schedule.samplers.tiny import tiny_sdxl_pipeline
 from trl_schedule.schedules import eval_times, sdxl_default_schedule, sdxl_default_times, sdxl_sigmas
+from trl_schedule.testing import tiny_sdxl_pipeline
 
 PROMPTS = ["a red cube", "two cats on a sofa"]
 SIZE = 32
@@ -37,7 +37,7 @@ def sdxl(pipe):
 
 
 def _noise(sampler, n=len(PROMPTS), seed=0):
-    return sampler.initial_noise(n, generator=torch.Generator().manual_seed(seed), height=SIZE, width=SIZE)
+    return sampler.initial_noise(n, generator=torch.Generator().manual_seed(seed))
 
 
 def test_encode_matches_pipeline_conditioning(sdxl):
@@ -184,7 +184,9 @@ def test_bad_arguments_raise(sdxl):
     with pytest.raises(ValueError, match="has 3"):
         sampler.denoise(_noise(sampler, n=3), cond, torch.tensor([1.0, 0.0]))
     with pytest.raises(ValueError, match="multiples of vae_scale_factor"):
-        sampler.initial_noise(1, height=30, width=32)
+        SDXLScheduleSampler(sdxl, height=30, width=32)
+    with pytest.raises(ValueError, match="initial_noise"):  # noise of another size
+        sampler.resized(64, 64).denoise(_noise(sampler), cond, torch.tensor([1.0, 0.0]))
     with pytest.raises(ValueError, match="guidance_rescale"):
         SDXLScheduleSampler(sdxl, guidance_rescale=-1.0)
     with pytest.raises(ValueError, match="negative_prompt has 1 entries"):
@@ -201,3 +203,22 @@ def test_bad_arguments_raise(sdxl):
         SDXLScheduleSampler(sdxl)
     with pytest.raises(ValueError, match="StableDiffusionXLPipeline"):
         SDXLScheduleSampler(object())
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("times", [[1.0, 0.55, 0.2, 0.0], [1.0, 0.7, 0.3, 0.05]])
+def test_exported_sigmas_reproduce_the_sampler_in_a_stock_call(sdxl, spacing, times):
+    """`pipe(..., sigmas=sampler.pipeline_sigmas(times))` with an EulerDiscreteScheduler runs `times`, its
+    stopping margin included (the terminal sigma is passed verbatim)."""
+    _with_scheduler(sdxl, timestep_spacing=spacing)
+    sampler = SDXLScheduleSampler(sdxl, height=SIZE, width=SIZE)
+    x_T, cond = _noise(sampler), sampler.encode(PROMPTS)
+    times = torch.tensor(times)
+    sigmas = sampler.pipeline_sigmas(times)
+    assert len(sigmas) == len(times) and (sigmas[-1] == 0) == (times[-1] == 0)
+    ours = sampler.decode(sampler.denoise(x_T, cond, times.expand(2, -1)))
+    stock = sdxl(PROMPTS, sigmas=sigmas, latents=x_T, height=SIZE, width=SIZE, output_type="pt").images
+    torch.testing.assert_close(stock, ours, atol=1e-4, rtol=0)
+    _with_scheduler(sdxl, timestep_type="continuous", prediction_type="v_prediction")
+    with pytest.raises(ValueError, match="continuous"):
+        SDXLScheduleSampler(sdxl).pipeline_sigmas(times)

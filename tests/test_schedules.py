@@ -18,7 +18,6 @@ from trl_schedule.schedules import (
     dirichlet_concentrations,
     eval_times,
     flow_match_default_schedule,
-    flow_matching_sigmas,
     sdxl_default_schedule,
     sdxl_default_times,
     sdxl_sigmas,
@@ -168,11 +167,6 @@ def test_validate_times_accepts_and_rejects():
 
 
 # ----------------------------------------------------------------------------------------- family time maps
-
-
-def test_flow_matching_sigmas_is_identity():
-    t = torch.tensor([[1.0, 0.3, 0.01]])
-    assert flow_matching_sigmas(t) is t
 
 
 @pytest.mark.parametrize("num_steps", [1, 5, 10, 30])

@@ -193,9 +193,9 @@ def test_bad_input_raises(pipe, sampler, batch):
     with pytest.raises(ValueError, match="initial_noise"):
         sampler.denoise(x_T[:, :2], cond, torch.tensor([[1.0, 0.0]] * 2))
     with pytest.raises(ValueError, match="multiples of"):
-        sampler.initial_noise(1, height=32, width=17)
+        sampler.resized(32, 17)
     with pytest.raises(ValueError, match="initial_noise"):
-        sampler.decode(x_T, height=16, width=16)
+        sampler.resized(16, 16).decode(x_T)
     with pytest.raises(ValueError, match="negative_pooled"):
         sampler.denoise(
             x_T, Conditioning(**{**vars(cond), "negative_pooled": None}), torch.tensor([[1.0, 0.0]] * 2)

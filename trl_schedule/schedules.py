@@ -10,7 +10,7 @@ Euler-steps ``t_l -> t_{l+1}`` and returns the state at ``t_L``: the last interv
 learnable *stopping margin*. :func:`eval_times` gives the ``(..., L+1)`` times a sampler takes.
 
 Each family maps ``t`` to its own time: flow matching (Flux, SD3) uses ``sigma = t`` unshifted
-(:func:`flow_matching_sigmas`); SDXL maps ``t`` to a continuous timestep ``t * (T - 1)`` and a sigma by
+(:mod:`trl_schedule.samplers.flow_match`); SDXL maps ``t`` to a continuous timestep ``t * (T - 1)`` and a sigma by
 log-sigma interpolation over the training sigmas (:func:`sdxl_timesteps`, :func:`sdxl_sigmas`).
 
 Reference schedules (:func:`uniform_schedule`, :func:`shifted_schedule`, :func:`flow_match_default_schedule`,
@@ -206,22 +206,6 @@ def _check_unit_interval(times: torch.Tensor, name: str = "times") -> None:
         )
 
 
-def flow_matching_sigmas(times: torch.Tensor) -> torch.Tensor:
-    """Flow-matching (Flux, SD3) sigmas for `times`: the identity, ``sigma = t``.
-
-    Deliberately **unshifted** (DESIGN.md §3): the pipelines' resolution shift (Flux's dynamic ``mu``, SD3's
-    ``shift=3``) is one fixed warping of the time axis; the policy learns its own warping per instance, so
-    adding a fixed one would only reparameterise it. The model's timestep is ``sigma * num_train_timesteps``.
-
-    Args:
-        times (`torch.Tensor` of shape `(...)`): values in [0, 1].
-
-    Returns:
-        `torch.Tensor` of shape `(...)`: `times` itself.
-    """
-    return times
-
-
 def _sdxl_log_sigmas(scheduler: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     if not hasattr(scheduler, "alphas_cumprod"):
         raise ValueError(
@@ -375,17 +359,8 @@ def flow_match_default_schedule(
     config = scheduler.config
     fresh = type(scheduler).from_config(config)
     if config.get("use_dynamic_shifting", False):
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
         seq_len = config.get("max_image_seq_len", 4096) if image_seq_len is None else image_seq_len
-        mu = calculate_shift(
-            seq_len,
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
-        )
-        fresh.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
+        fresh.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=flux_mu(config, seq_len))
     else:
         fresh.set_timesteps(num_steps)
     sigmas = torch.as_tensor(fresh.sigmas, dtype=torch.float64)
@@ -395,6 +370,27 @@ def flow_match_default_schedule(
             "schedulers with `invert_sigmas` are not supported."
         )
     return _times_to_reference_tau(sigmas, "flow_match_default_schedule")
+
+
+def flux_mu(config: Any, image_seq_len: int, default_max_shift: float = 1.15) -> float:
+    """The dynamic-shift ``mu`` a Flux pipeline passes its scheduler for `image_seq_len` latent tokens:
+    diffusers' `calculate_shift` (linear in the sequence length between `base_image_seq_len` -> `base_shift`
+    and `max_image_seq_len` -> `max_shift`), with the pipelines' defaults for missing config keys
+    (`default_max_shift`: 1.15 in `FluxPipeline`, 1.16 in `StableDiffusion3Pipeline`).
+
+    Args:
+        config: the scheduler's config (`pipeline.scheduler.config`).
+        image_seq_len (`int`): packed latent tokens, ``(H / 16) * (W / 16)`` for Flux (4096 at 1024x1024).
+    """
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    return calculate_shift(
+        image_seq_len,
+        config.get("base_image_seq_len", 256),
+        config.get("max_image_seq_len", 4096),
+        config.get("base_shift", 0.5),
+        config.get("max_shift", default_max_shift),
+    )
 
 
 def sdxl_default_times(scheduler: Any, num_steps: int) -> torch.Tensor:

@@ -1,16 +1,18 @@
 """Schedule samplers: a frozen diffusers pipeline driven with one schedule per row (see :mod:`.base`).
 
 One file per model family: :mod:`.flux` (`FluxPipeline`), :mod:`.sd3` (`StableDiffusion3Pipeline`),
-:mod:`.sdxl` (`StableDiffusionXLPipeline`), :mod:`.testbed` (the embedded
-`TestbedPipeline`). :func:`sampler_for` picks the right one for a pipeline;
-:mod:`.tiny` builds tiny random pipelines of each family for tests and smoke runs.
+:mod:`.sdxl` (`StableDiffusionXLPipeline`), :mod:`.testbed` (the embedded `TestbedPipeline`); what the
+flow-matching families share is in :mod:`.flow_match`. :func:`sampler_for` picks the right one for a pipeline.
+Tiny random pipelines of each family for tests are in :mod:`trl_schedule.testing`.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from .base import Conditioning, ScheduleSampler
+from .flow_match import FlowMatchScheduleSampler
 from .flux import FluxScheduleSampler
 from .sd3 import SD3ScheduleSampler
 from .sdxl import SDXLScheduleSampler
@@ -27,6 +29,7 @@ SAMPLERS: tuple[type[ScheduleSampler], ...] = (
 __all__ = [
     "SAMPLERS",
     "Conditioning",
+    "FlowMatchScheduleSampler",
     "FluxScheduleSampler",
     "SD3ScheduleSampler",
     "SDXLScheduleSampler",
@@ -44,11 +47,21 @@ def sampler_for(pipe: Any, **kwargs: Any) -> ScheduleSampler:
         **kwargs: passed to the sampler's constructor (e.g. `guidance_scale`, `height`, `width`).
 
     Raises:
-        ValueError: if no sampler supports the pipeline, listing the supported pipeline classes.
+        ValueError: if no sampler supports the pipeline (listing the supported pipeline classes), or if a
+            keyword argument is not an option of the chosen sampler (listing its options).
     """
     names = {cls.__name__ for cls in type(pipe).__mro__}
     for sampler_cls in SAMPLERS:
         if names.intersection(sampler_cls.pipeline_classes):
+            options = [
+                p for p in inspect.signature(sampler_cls.__init__).parameters if p not in ("self", "pipeline")
+            ]
+            for key, value in kwargs.items():
+                if key not in options:
+                    raise ValueError(
+                        f"`{key}`={value!r} is not an option of {sampler_cls.__name__} ({sampler_cls.family}), "
+                        f"which takes {options}; drop it (in ScheduleRLConfig: set it to None) for this pipeline."
+                    )
             return sampler_cls(pipe, **kwargs)
     supported = sorted(name for sampler_cls in SAMPLERS for name in sampler_cls.pipeline_classes)
     raise ValueError(

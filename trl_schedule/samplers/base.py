@@ -3,12 +3,14 @@
 A *schedule sampler* wraps a diffusers pipeline the user already has and runs the frozen model with a
 **different schedule per row** in one batched denoising loop. Data flows one way::
 
+    sampler = sampler_for(pipe, height=H, width=W)        # the image size is fixed here
     cond = sampler.encode(prompts)                       # the pipeline's own encode_prompt
     x_T = sampler.initial_noise(len(prompts), generator=g)   # layout of the pipeline's `latents=`
     inputs = sampler.policy_inputs(x_T, cond)             # what DirichletSchedulePolicy reads
-    times = tau_to_times(tau)[..., :-1]                   # (B, L+1): t_0 = 1 > ... > t_L
+    times = eval_times(tau)                               # (B, L+1): t_0 = 1 > ... > t_L
     latents = sampler.denoise(x_T, cond, times)           # L model evaluations, Euler in the family's time
     images = sampler.decode(latents)                      # (B, 3, H, W) in [0, 1]
+    sigmas = sampler.pipeline_sigmas(times[0])            # what a stock pipe(..., sigmas=) call takes
 
 Times follow DESIGN.md §3: ``t`` in [0, 1], ``t_0 = 1`` is pure noise, the sampler evaluates the model at
 ``t_0 .. t_{L-1}`` and Euler-steps ``t_l -> t_{l+1}``, returning the state at ``t_L`` (``t_L`` is the
@@ -17,6 +19,7 @@ learnable stopping margin). Each family maps ``t`` to its own time (:mod:`trl_sc
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -115,6 +118,15 @@ def check_rows(x_T: torch.Tensor, cond: Conditioning, times: torch.Tensor) -> to
     return times
 
 
+def check_schedule(times: torch.Tensor) -> torch.Tensor:
+    """`times` as ONE valid schedule `(L+1,)` in float64 (:func:`~trl_schedule.schedules.validate_times`), for
+    the export of a schedule to a stock pipeline call."""
+    if not isinstance(times, torch.Tensor) or times.ndim != 1 or times.shape[0] < 2:
+        shape = tuple(times.shape) if isinstance(times, torch.Tensor) else type(times).__name__
+        raise ValueError(f"`times` must be one schedule of shape (L+1,) with L >= 1, got {shape}.")
+    return validate_times(times[None].to(torch.float64), name="times")[0]
+
+
 class ScheduleSampler(ABC):
     """A frozen diffusers pipeline driven with one schedule per row.
 
@@ -123,11 +135,13 @@ class ScheduleSampler(ABC):
     `size_rule` (why image sizes must be multiples of :attr:`size_multiple`, for the error message).
     The wrapped pipeline is never modified: its modules are only called in eval mode without gradients.
 
+    The image size is fixed when the sampler is built and no method changes it: every method works at
+    ``(height, width)``. For another size build another sampler, e.g. :meth:`resized`.
+
     Args:
         pipeline: the diffusers pipeline.
         height, width (`int`, *optional*): image size in pixels, multiples of :attr:`size_multiple`; default the
-            pipeline's (`default_sample_size * vae_scale_factor`). :meth:`initial_noise` updates them when
-            given, and the other methods default to them.
+            pipeline's (`default_sample_size * vae_scale_factor`).
     """
 
     family: str = ""
@@ -144,7 +158,17 @@ class ScheduleSampler(ABC):
             )
         self.pipeline = pipeline
         default = pipeline.default_sample_size * pipeline.vae_scale_factor
-        self.height, self.width = self._check_size(height or default, width or default)
+        self._height, self._width = self._check_size(height or default, width or default)
+
+    @property
+    def height(self) -> int:
+        """Image height in pixels (fixed at construction)."""
+        return self._height
+
+    @property
+    def width(self) -> int:
+        """Image width in pixels (fixed at construction)."""
+        return self._width
 
     @property
     def size_multiple(self) -> int:
@@ -160,9 +184,15 @@ class ScheduleSampler(ABC):
             )
         return int(height), int(width)
 
-    def _size(self, height: int | None, width: int | None) -> tuple[int, int]:
-        """`height`/`width` or the sampler's defaults, checked."""
-        return self._check_size(height or self.height, width or self.width)
+    def resized(self, height: int | None = None, width: int | None = None) -> ScheduleSampler:
+        """A sampler like this one (same pipeline and options) for `height` x `width` px images; `self` when
+        the size is unchanged. Unset sides keep this sampler's size."""
+        height, width = self._check_size(height or self.height, width or self.width)
+        if (height, width) == (self.height, self.width):
+            return self
+        other = copy.copy(self)
+        other._height, other._width = height, width
+        return other
 
     @property
     def device(self) -> torch.device:
@@ -182,21 +212,16 @@ class ScheduleSampler(ABC):
         """Encode `prompts` with the pipeline's own `encode_prompt`."""
 
     def initial_noise(
-        self,
-        batch_size: int,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        height: int | None = None,
-        width: int | None = None,
+        self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None = None
     ) -> torch.Tensor:
         """x_T in the layout the pipeline's own `latents=` argument takes, drawn by the pipeline's own
         `prepare_latents(batch, channels, height, width, dtype, device, generator)` (the denoiser's dtype), so
-        the same tensor can be passed to the pipeline. `height`/`width` (pixels) become the sampler's defaults.
-        Families whose `prepare_latents` differs (Flux packs, SDXL scales) override this.
+        the same tensor can be passed to the pipeline. Families whose `prepare_latents` differs (Flux packs,
+        SDXL scales) override this.
 
         Returns:
             `torch.Tensor` of shape `(B, C, height / vae_scale_factor, width / vae_scale_factor)`.
         """
-        self.height, self.width = self._size(height, width)
         return self.pipeline.prepare_latents(
             batch_size,
             self.denoiser.config.in_channels,
@@ -206,6 +231,26 @@ class ScheduleSampler(ABC):
             self.device,
             generator,
         )
+
+    def noise_shape(self, batch_size: int) -> tuple[int, ...]:
+        """The shape of :meth:`initial_noise` for `batch_size` images (spatial `(B, C, h, w)` here)."""
+        factor = self.pipeline.vae_scale_factor
+        return (batch_size, self.denoiser.config.in_channels, self.height // factor, self.width // factor)
+
+    @property
+    def noise_dtype(self) -> torch.dtype:
+        """The dtype of :meth:`initial_noise` (the pipeline's `latents=` dtype)."""
+        return self.dtype
+
+    def check_noise(self, x_T: torch.Tensor, name: str = "x_T") -> None:
+        """Raise unless `x_T` has the layout of :meth:`initial_noise` at this sampler's image size."""
+        expected = self.noise_shape(x_T.shape[0] if x_T.ndim else 1)
+        if tuple(x_T.shape) != expected:
+            raise ValueError(
+                f"`{name}` has shape {tuple(x_T.shape)}, but {self.family} noise for {self.height}x{self.width} "
+                f"px images has shape (B, {', '.join(map(str, expected[1:]))}) (the sampler's `initial_noise`). "
+                "Build a sampler for another size with `sampler.resized(height, width)`."
+            )
 
     def policy_inputs(self, x_T: torch.Tensor, cond: Conditioning) -> dict[str, torch.Tensor | None]:
         """What the schedule policy reads: `latents` `(B, C, h, w)` (spatial x_T), `text_states` `(B, S, D)`,
@@ -223,10 +268,26 @@ class ScheduleSampler(ABC):
             "pooled": cond.pooled,
         }
 
+    def policy_input_dims(self) -> dict[str, int | None]:
+        """The widths a schedule policy for this sampler needs: `latent_channels` (channels of the spatial
+        `latents` of :meth:`policy_inputs`), `text_dim` (width of `text_states`) and `pooled_dim` (width of
+        `pooled`, None when the family has none); what
+        :meth:`DirichletSchedulePolicyConfig.for_sampler <trl_schedule.policy.DirichletSchedulePolicyConfig.for_sampler>`
+        reads. Measured on one encoded prompt and one noise draw from a private generator (no global RNG).
+        """
+        with torch.no_grad():
+            cond = self.encode(["a photo"])
+            x_T = self.initial_noise(1, generator=torch.Generator(device="cpu").manual_seed(0))
+            inputs = self.policy_inputs(x_T, cond)
+        pooled = inputs["pooled"]
+        return {
+            "latent_channels": int(inputs["latents"].shape[1]),
+            "text_dim": int(inputs["text_states"].shape[-1]),
+            "pooled_dim": None if pooled is None else int(pooled.shape[-1]),
+        }
+
     @abstractmethod
-    def denoise(
-        self, x_T: torch.Tensor, cond: Conditioning, times: torch.Tensor, **kwargs: Any
-    ) -> torch.Tensor:
+    def denoise(self, x_T: torch.Tensor, cond: Conditioning, times: torch.Tensor) -> torch.Tensor:
         """Run L = `times.shape[1] - 1` model evaluations with a different schedule per row.
 
         Args:
@@ -245,7 +306,11 @@ class ScheduleSampler(ABC):
         This is the "default" every evaluation compares against."""
 
     @abstractmethod
-    def decode(
-        self, latents: torch.Tensor, height: int | None = None, width: int | None = None
-    ) -> torch.Tensor:
-        """Latents -> images `(B, 3, H, W)` in [0, 1] (float32)."""
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images `(B, 3, height, width)` in [0, 1] (float32)."""
+
+    @abstractmethod
+    def pipeline_sigmas(self, times: torch.Tensor) -> list[float]:
+        """The `sigmas=` a stock call of the pipeline (``pipe(..., sigmas=...)``) takes to run the schedule
+        `times` `(L+1,)`, at this sampler's image size. Each family documents what a stock call cannot
+        reproduce (flow matching: the stopping margin, a stock call always ends at sigma 0)."""

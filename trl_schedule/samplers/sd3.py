@@ -3,12 +3,10 @@
 :class:`SD3ScheduleSampler` wraps a diffusers `StableDiffusion3Pipeline` and reproduces its `__call__` (text
 encoding with classifier-free guidance, noise, transformer calls, `FlowMatchEulerDiscreteScheduler.step`
 arithmetic, VAE decode), except that each row has its own times and every step is ONE transformer call for the
-whole batch, conditional and unconditional branches concatenated, with per-row timesteps. With the same times
-in every row it equals the pipeline's own call with ``sigmas=times[:-1]`` (and a scheduler that uses custom
-sigmas verbatim, see DESIGN.md §4); see `tests/test_sampler_sd3.py`.
-
-Flow matching maps time to noise level unshifted, ``sigma = t``; the pipeline's ``shift=3`` is one particular
-schedule (:func:`trl_schedule.schedules.flow_match_default_schedule`). Skip-layer guidance is not supported.
+whole batch, conditional and unconditional branches concatenated, with per-row timesteps (the loop of
+:class:`~trl_schedule.samplers.flow_match.FlowMatchScheduleSampler`); see `tests/test_sampler_flow_match.py`.
+The pipeline's ``shift=3`` is one particular schedule (:func:`trl_schedule.schedules.flow_match_default_schedule`).
+Skip-layer guidance is not supported.
 """
 
 from __future__ import annotations
@@ -17,12 +15,12 @@ from typing import Any
 
 import torch
 
-from ..schedules import eval_times, flow_match_default_schedule
-from .base import Conditioning, ScheduleSampler, check_prompts
-from .flux import _vae_decode, flow_match_cfg_denoise
+from ..schedules import eval_times, flow_match_default_schedule, flux_mu
+from .base import Conditioning, check_prompts
+from .flow_match import FlowMatchScheduleSampler, vae_decode
 
 
-class SD3ScheduleSampler(ScheduleSampler):
+class SD3ScheduleSampler(FlowMatchScheduleSampler):
     """SD3's frozen MMDiT driven with one schedule per row, with classifier-free guidance.
 
     Per-call settings live on the sampler (constructor arguments, plain attributes) and can be overridden per
@@ -36,8 +34,8 @@ class SD3ScheduleSampler(ScheduleSampler):
         negative_prompt (`str`, *optional*): default negative prompt (the pipeline uses "" when None).
         max_sequence_length (`int`, defaults to 256): T5 tokens (the pipeline's default).
         height, width (`int`, *optional*): image size in pixels, multiples of
-            ``vae_scale_factor * patch_size`` (16 for SD3). Default: the pipeline's default (1024 for SD3).
-            :meth:`initial_noise` updates them when given; :meth:`decode` defaults to them.
+            ``vae_scale_factor * patch_size`` (16 for SD3), fixed for the sampler's life. Default: the
+            pipeline's default (1024 for SD3).
     """
 
     family = "sd3"
@@ -132,55 +130,37 @@ class SD3ScheduleSampler(ScheduleSampler):
             cond.add_guidance(negative_states, negative_pooled, scale)
         return cond
 
-    def denoise(self, x_T: torch.Tensor, cond: Conditioning, times: torch.Tensor) -> torch.Tensor:
-        """Run L = `times.shape[1] - 1` transformer calls, each ONE call for the whole batch (with CFG: the
-        unconditional and conditional branches concatenated, ``2B`` rows) with per-row timesteps.
-
-        Step l evaluates at ``sigma_l = t_l`` (model timestep ``1000 * sigma_l``), combines
-        ``v = v_uncond + g * (v_cond - v_uncond)`` with each row's guidance scale ``g``, and Euler-steps to
-        ``sigma_{l+1}`` (:func:`~trl_schedule.samplers.flux.flow_match_euler_step`). CFG is on when `cond` has
-        a negative branch. No gradients; no host-device sync inside the loop.
-
-        Args:
-            x_T (`torch.Tensor` of shape `(B, C, h, w)`): noise from :meth:`initial_noise`.
-            cond (:class:`Conditioning`): B rows from :meth:`encode`.
-            times (`torch.Tensor` of shape `(B, L+1)`): strictly decreasing in [0, 1] per row.
-
-        Returns:
-            `torch.Tensor` of shape `(B, C, h, w)`: latents at ``t_L``, denoiser dtype.
-        """
-        transformer = self.denoiser
-
-        def velocity(model_input, timestep, text_states, pooled):
-            return transformer(
-                hidden_states=model_input,
-                timestep=timestep,
-                encoder_hidden_states=text_states,
-                pooled_projections=pooled,
-                return_dict=False,
-            )[0]
-
-        return flow_match_cfg_denoise(self, x_T, cond, times, velocity)
+    def velocity(self, model_input, sigma, text_states, pooled, context) -> torch.Tensor:
+        """The MMDiT at model timestep ``1000 * sigma`` (float32, as the pipeline passes `scheduler.timesteps`)."""
+        num_train = self.pipeline.scheduler.config.num_train_timesteps
+        return self.denoiser(
+            hidden_states=model_input,
+            timestep=sigma * num_train,
+            encoder_hidden_states=text_states,
+            pooled_projections=pooled,
+            return_dict=False,
+        )[0]
 
     def default_times(self, num_steps: int) -> torch.Tensor:
         """`StableDiffusion3Pipeline`'s own schedule for `num_steps` (`scheduler.set_timesteps(L)`, e.g. shift
         3), then 0. Returns `(L+1,)` float64."""
         return eval_times(flow_match_default_schedule(self.pipeline.scheduler, num_steps))
 
-    def decode(
-        self, latents: torch.Tensor, height: int | None = None, width: int | None = None
-    ) -> torch.Tensor:
-        """Latents -> images, as the pipeline's decode path: ``/ scaling_factor + shift_factor``, VAE decode,
-        ``(x / 2 + 0.5).clamp(0, 1)``. `height`/`width` are only checked against the latent size.
+    def stock_mu(self) -> float | None:
+        """The ``mu`` `StableDiffusion3Pipeline.__call__` computes when its scheduler shifts dynamically (None
+        for the released SD3 / SD3.5 configs, which shift statically)."""
+        config = self.pipeline.scheduler.config
+        if not config.get("use_dynamic_shifting", False):
+            return None
+        h, w = self.latent_size
+        patch = self.denoiser.config.patch_size
+        return flux_mu(config, (h // patch) * (w // patch), default_max_shift=1.16)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images (:func:`~trl_schedule.samplers.flow_match.vae_decode`, the pipeline's decode path).
 
         Returns:
-            `torch.Tensor` of shape `(B, 3, H, W)`, float32 in [0, 1].
+            `torch.Tensor` of shape `(B, 3, height, width)`, float32 in [0, 1].
         """
-        height, width = self._size(height, width)
-        vsf = self.pipeline.vae_scale_factor
-        if latents.ndim != 4 or latents.shape[-2:] != (height // vsf, width // vsf):
-            raise ValueError(
-                f"`latents` have shape {tuple(latents.shape)}, but a {height}x{width} SD3 image has latents "
-                f"(B, C, {height // vsf}, {width // vsf}). Pass the height/width used for `initial_noise`."
-            )
-        return _vae_decode(self.pipeline, latents)
+        self.check_noise(latents, "latents")
+        return vae_decode(self.pipeline, latents)

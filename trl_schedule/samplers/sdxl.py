@@ -40,7 +40,7 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..schedules import sdxl_default_times, sdxl_sigmas, sdxl_timesteps
-from .base import Conditioning, ScheduleSampler, check_prompts, check_rows
+from .base import Conditioning, ScheduleSampler, check_prompts, check_rows, check_schedule
 
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "original_sample")
 
@@ -67,13 +67,13 @@ class SDXLScheduleSampler(ScheduleSampler):
             `force_zeros_for_empty_prompt` (SDXL-base), else the empty prompt.
         height, width (`int`, *optional*):
             Image size in pixels, multiples of `vae_scale_factor`; the pipeline's default
-            (`default_sample_size * vae_scale_factor`, 1024 for SDXL) if unset. :meth:`initial_noise` updates
-            them when given; :meth:`encode` builds `add_time_ids` from them.
+            (`default_sample_size * vae_scale_factor`, 1024 for SDXL) if unset; fixed for the sampler's life.
+            :meth:`encode` builds `add_time_ids` from them.
 
     Example::
 
-        sampler = SDXLScheduleSampler(pipe, guidance_scale=5.0)
-        x_T = sampler.initial_noise(1, generator=torch.Generator().manual_seed(0), height=1024, width=1024)
+        sampler = SDXLScheduleSampler(pipe, guidance_scale=5.0, height=1024, width=1024)
+        x_T = sampler.initial_noise(1, generator=torch.Generator().manual_seed(0))
         cond = sampler.encode(["a red cube"])
         times = eval_times(tau)                                      # (1, L+1), e.g. tau from the policy
         images = sampler.decode(sampler.denoise(x_T, cond, times))   # (1, 3, 1024, 1024) in [0, 1]
@@ -120,8 +120,9 @@ class SDXLScheduleSampler(ScheduleSampler):
     def scheduler(self) -> Any:
         return self.pipeline.scheduler
 
-    def _text_dtype(self) -> torch.dtype:
-        # The pipeline's prompt_embeds dtype, which it also draws the initial noise in.
+    @property
+    def noise_dtype(self) -> torch.dtype:
+        """The pipeline's prompt_embeds dtype, which it also draws the initial noise in."""
         encoder = self.pipeline.text_encoder_2
         return encoder.dtype if encoder is not None else self.denoiser.dtype
 
@@ -145,7 +146,7 @@ class SDXLScheduleSampler(ScheduleSampler):
             guidance_scale (`float`, *optional*): overrides `self.guidance_scale`; `> 1` encodes the
                 unconditional branch (as the pipeline does).
             original_size, crops_coords_top_left, target_size: SDXL micro-conditioning, as in the pipeline;
-                sizes default to `(self.height, self.width)` (set by :meth:`initial_noise`).
+                sizes default to `(self.height, self.width)`.
             **kwargs: passed to `encode_prompt` (e.g. `prompt_2`, `negative_prompt_2`, `clip_skip`).
 
         Returns:
@@ -195,17 +196,13 @@ class SDXLScheduleSampler(ScheduleSampler):
         return cond
 
     def initial_noise(
-        self,
-        batch_size: int,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        height: int | None = None,
-        width: int | None = None,
+        self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None = None
     ) -> torch.Tensor:
         """Unscaled standard normal x_T: exactly what the pipeline's `latents=` argument takes.
 
         Drawn like the pipeline's `prepare_latents` (same shape, dtype and generator use) *before* its
         multiplication by `scheduler.init_noise_sigma`; :meth:`denoise` applies that scaling per row
-        (:meth:`initial_scale`). `height`/`width` (pixels) become the sampler's defaults.
+        (:meth:`initial_scale`).
 
         Returns:
             `torch.Tensor` of shape `(B, 4, height / vae_scale_factor, width / vae_scale_factor)`.
@@ -217,10 +214,9 @@ class SDXLScheduleSampler(ScheduleSampler):
                 f"got {len(generator)} generators for batch_size={batch_size}; pass one generator per row "
                 "or a single generator."
             )
-        self.height, self.width = self._size(height, width)
-        f = self.pipeline.vae_scale_factor
-        shape = (batch_size, self.denoiser.config.in_channels, self.height // f, self.width // f)
-        return randn_tensor(shape, generator=generator, device=self.device, dtype=self._text_dtype())
+        return randn_tensor(
+            self.noise_shape(batch_size), generator=generator, device=self.device, dtype=self.noise_dtype
+        )
 
     def initial_scale(self, sigma_0: torch.Tensor) -> torch.Tensor:
         """The factor unscaled noise is multiplied by at the start of a row whose first sigma is `sigma_0`.
@@ -251,11 +247,7 @@ class SDXLScheduleSampler(ScheduleSampler):
             times = times.unsqueeze(0).expand(batch, -1)
         check_rows(x_T, cond, times)
         unet, pipe = self.denoiser, self.pipeline
-        if x_T.ndim != 4 or x_T.shape[1] != unet.config.in_channels:
-            raise ValueError(
-                f"`x_T` has shape {tuple(x_T.shape)}, expected (B, {unet.config.in_channels}, h, w) from "
-                "`initial_noise`."
-            )
+        self.check_noise(x_T)
         cfg = cond.negative_text_states is not None
         if "add_time_ids" not in cond.extras or "guidance_scale" not in cond.extras:
             raise ValueError(
@@ -349,14 +341,12 @@ class SDXLScheduleSampler(ScheduleSampler):
         spacing), then 0. Returns `(L+1,)` float64."""
         return sdxl_default_times(self.scheduler, num_steps)
 
-    def decode(
-        self, latents: torch.Tensor, height: int | None = None, width: int | None = None
-    ) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents `(B, 4, h, w)` -> images `(B, 3, H, W)` in [0, 1], float32, as the pipeline decodes them.
 
         A float16 VAE with `force_upcast` is upcast to float32 for the call and cast back (the pipeline's own
         behaviour); latents are de-normalised with `latents_mean`/`latents_std` when the VAE config has them,
-        else divided by `scaling_factor`. `height`/`width` are unused (the latents carry the size).
+        else divided by `scaling_factor`.
         """
         vae = self.pipeline.vae
         needs_upcast = vae.dtype == torch.float16 and vae.config.force_upcast
@@ -378,3 +368,25 @@ class SDXLScheduleSampler(ScheduleSampler):
             if needs_upcast:
                 vae.to(dtype=torch.float16)
         return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    def pipeline_sigmas(self, times: torch.Tensor) -> list[float]:
+        """The `sigmas=` list for a stock ``pipe(..., sigmas=...)`` call with an `EulerDiscreteScheduler` that
+        runs `times` `(L+1,)`: ``sdxl_sigmas(times)``, the terminal one included (the scheduler takes it
+        verbatim and derives each step's timestep by the same log-sigma interpolation), so a stock call also
+        stops at ``t_L``: ``sigma(t_L) >= sigma_min`` for any ``t_L > 0``, and 0 only for ``t_L = 0``.
+
+        Returns:
+            `list[float]` of length L+1.
+        """
+        if type(self.scheduler).__name__ != "EulerDiscreteScheduler":
+            raise ValueError(
+                f"The pipeline's scheduler is {type(self.scheduler).__name__}; exported sigmas reproduce this "
+                "sampler only with an EulerDiscreteScheduler (`EulerDiscreteScheduler.from_config("
+                "pipe.scheduler.config)`)."
+            )
+        if self.scheduler.config.get("timestep_type", "discrete") == "continuous":
+            raise ValueError(
+                "The scheduler has timestep_type='continuous' (EDM-style timesteps), for which a stock call "
+                "recomputes timesteps differently from this sampler; export for a 'discrete' scheduler."
+            )
+        return [float(s) for s in sdxl_sigmas(check_schedule(times), self.scheduler)]

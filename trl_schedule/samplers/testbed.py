@@ -4,12 +4,10 @@ per row.
 :class:`TestbedScheduleSampler` reproduces `TestbedPipeline.__call__` (text encoding with optional
 classifier-free guidance, pixel-space noise, UNet calls, `FlowMatchEulerDiscreteScheduler.step` arithmetic,
 ``(x / 2 + 0.5).clamp(0, 1)``), except that each row has its own times and every step is ONE UNet call for the
-whole batch with per-row timesteps. With the same times in every row it equals the pipeline's own call with
-``sigmas=times[:-1]`` (the pipeline's scheduler has ``shift=1``, so custom sigmas are used verbatim); see
-`tests/test_testbed_model.py`.
-
-Flow matching maps time to noise level unshifted, ``sigma = t`` (DESIGN.md §3); there is no VAE, so the
-"latents" are the 3-channel pixels in [-1, 1].
+whole batch with per-row timesteps (the loop of
+:class:`~trl_schedule.samplers.flow_match.FlowMatchScheduleSampler`). The pipeline's scheduler has ``shift=1``,
+so custom sigmas are used verbatim; see `tests/test_testbed_model.py`. There is no VAE: the "latents" are the
+3-channel pixels in [-1, 1].
 """
 
 from __future__ import annotations
@@ -20,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Conditioning, ScheduleSampler, check_prompts
-from .flux import flow_match_cfg_denoise
+from .base import Conditioning, check_prompts
+from .flow_match import FlowMatchScheduleSampler
 
 
-class TestbedScheduleSampler(ScheduleSampler):
+class TestbedScheduleSampler(FlowMatchScheduleSampler):
     """The testbed's frozen pixel-space UNet driven with one schedule per row, with optional CFG.
 
     The guidance scale is stored per row in the :class:`Conditioning` (`extras["guidance_scale"]`) when CFG is
@@ -35,7 +33,8 @@ class TestbedScheduleSampler(ScheduleSampler):
         guidance_scale (`float`, defaults to 1.0): CFG scale (the pipeline's default); `<= 1` disables CFG.
         negative_prompt (`str`, *optional*): the unconditional branch ("" when None, what the model was
             trained with).
-        height, width (`int`, *optional*): image size in pixels (default 32, what the model was trained on).
+        height, width (`int`, *optional*): image size in pixels (default 32, what the model was trained on),
+            fixed for the sampler's life.
     """
 
     __test__ = False
@@ -106,36 +105,16 @@ class TestbedScheduleSampler(ScheduleSampler):
             cond.add_guidance(neg_states, neg_pooled, scale)
         return cond
 
-    def denoise(self, x_T: torch.Tensor, cond: Conditioning, times: torch.Tensor) -> torch.Tensor:
-        """Run L = `times.shape[1] - 1` UNet calls, each ONE call for the whole batch (with CFG: the
-        unconditional and conditional branches concatenated, ``2B`` rows) with per-row timesteps.
-
-        Step l evaluates at ``sigma_l = t_l`` (model timestep ``1000 * sigma_l``), combines
-        ``v = v_uncond + g * (v_cond - v_uncond)`` with each row's guidance scale ``g`` when `cond` has a
-        negative branch, and Euler-steps to ``sigma_{l+1}``
-        (:func:`~trl_schedule.samplers.flux.flow_match_euler_step`).
-        No gradients; no host-device sync inside the loop.
-
-        Args:
-            x_T (`torch.Tensor` of shape `(B, 3, H, W)`): noise from :meth:`initial_noise`.
-            cond (:class:`Conditioning`): B rows from :meth:`encode`.
-            times (`torch.Tensor` of shape `(B, L+1)`): strictly decreasing in [0, 1] per row.
-
-        Returns:
-            `torch.Tensor` of shape `(B, 3, H, W)`: the state at ``t_L`` in model space ([-1, 1]), UNet dtype.
-        """
-        unet = self.denoiser
-
-        def velocity(model_input, timestep, text_states, pooled):
-            return unet(
-                model_input,
-                timestep,
-                encoder_hidden_states=text_states,
-                class_labels=pooled,
-                return_dict=False,
-            )[0]
-
-        return flow_match_cfg_denoise(self, x_T, cond, times, velocity)
+    def velocity(self, model_input, sigma, text_states, pooled, context) -> torch.Tensor:
+        """The UNet at model timestep ``1000 * sigma``, the pooled embedding as its class embedding."""
+        num_train = self.pipeline.scheduler.config.num_train_timesteps
+        return self.denoiser(
+            model_input,
+            sigma * num_train,
+            encoder_hidden_states=text_states,
+            class_labels=pooled,
+            return_dict=False,
+        )[0]
 
     def default_times(self, num_steps: int) -> torch.Tensor:
         """`TestbedPipeline`'s own schedule: ``sigmas = linspace(1, 1/L, L)`` through its scheduler (shift 1:
@@ -144,19 +123,11 @@ class TestbedScheduleSampler(ScheduleSampler):
         scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / num_steps, num_steps))
         return scheduler.sigmas.to(torch.float64).cpu()
 
-    def decode(
-        self, latents: torch.Tensor, height: int | None = None, width: int | None = None
-    ) -> torch.Tensor:
-        """Model space -> images, as the pipeline: ``(x / 2 + 0.5).clamp(0, 1)`` (no VAE). `height`/`width`
-        are only checked against the latent size.
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Model space -> images, as the pipeline: ``(x / 2 + 0.5).clamp(0, 1)`` (no VAE).
 
         Returns:
-            `torch.Tensor` of shape `(B, 3, H, W)`, float32 in [0, 1].
+            `torch.Tensor` of shape `(B, 3, height, width)`, float32 in [0, 1].
         """
-        height, width = self._size(height, width)
-        if latents.ndim != 4 or latents.shape[-2:] != (height, width):
-            raise ValueError(
-                f"`latents` have shape {tuple(latents.shape)}, but a {height}x{width} testbed image has "
-                f"latents (B, 3, {height}, {width}). Pass the height/width used for `initial_noise`."
-            )
+        self.check_noise(latents, "latents")
         return self.pipeline.decode_latents(latents)

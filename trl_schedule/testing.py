@@ -6,7 +6,8 @@ They are the real diffusers pipeline classes (`FluxPipeline`, `StableDiffusion3P
 vocabularies (byte-level CLIP BPE with no merges, a character-level T5 Unigram), so nothing is ever fetched
 from the hub.
 
-Used by the sampler and trainer tests, the recipes' `--tiny` switch and the CPU smoke benchmarks.
+Used by the sampler and trainer tests, the recipes' `--tiny` switch and the CPU smoke benchmarks; import them
+for your own tests too (``from trl_schedule.testing import tiny_pipeline``).
 
 **Meant for 32x32 px images** (`TINY_IMAGE_SIZE`): every VAE here downsamples by 4, so a 32x32 image has an
 8x8 latent with 4 channels (Flux packs it into 16 tokens of 16 features; SD3 patchifies it into 16 tokens; the
