@@ -325,15 +325,15 @@ def test_save_and_load_round_trip(tmp_path):
         torch.testing.assert_close(loaded(**batch), expected, rtol=0, atol=0)
 
 
-def test_gradient_checkpointing_requests_are_harmless():
+def test_gradient_checkpointing_requests_are_refused():
+    """The policy has no activation checkpointing: asking for it raises (it used to be a no-op that only
+    logged at INFO), and the policy still trains."""
     policy = tiny_policy()
     assert not policy.supports_gradient_checkpointing
-    policy.gradient_checkpointing_enable()
-    policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    policy.activation_checkpointing_enable(
-        activation_checkpointing_kwargs=None, every_n_layers=1, offload=False
-    )
-    policy.gradient_checkpointing_disable()
+    with pytest.raises(ValueError, match="does not support activation checkpointing"):
+        policy.gradient_checkpointing_enable()
+    with pytest.raises(ValueError, match="does not support activation checkpointing"):
+        policy.activation_checkpointing_enable()
     alpha = policy(**inputs())
     _, log_prob = policy.sample(alpha)
     log_prob.sum().backward()

@@ -376,10 +376,7 @@ def james_stein_baseline(
         b_xctx = torch.where(stats.valid, xctx_g[stats.inverse], torch.nan)
     b = stats.num_groups
     if 0 < int(b) < 3 and bool((stats.count >= 2).any()):
-        _warn_once(
-            f"James-Stein baseline with only {int(b)} group(s) with scorable rewards: shrinkage needs at least 3, "
-            "so groups with >= 2 rewards use the plain RLOO baseline (alpha = 0). Use 3 or more prompts per batch."
-        )
+        warn_too_few_groups(int(b))
     alpha_g = torch.where(b >= 3, alpha_g, 0.0)
     alpha_g = torch.where(stats.count == 1, 1.0, alpha_g)
     alpha = alpha_g[stats.inverse]
@@ -387,8 +384,21 @@ def james_stein_baseline(
     return _finish(stats, baseline, alpha, scale, _out_dtype(rewards), sigma2=sigma2, delta2=delta2)
 
 
+def warn_too_few_groups(num_groups: int) -> None:
+    """The warning that James-Stein falls back to RLOO with fewer than 3 groups, once per process and count
+    (a trainer calls it when it is built, so the estimator's own call on the first batch adds nothing)."""
+    _warn_once(
+        f"James-Stein baseline with only {num_groups} group(s) with scorable rewards: shrinkage needs at least 3, "
+        "so groups with >= 2 rewards use the plain RLOO baseline (alpha = 0). Use 3 or more prompts per batch "
+        "(paper: 16-32)."
+    )
+
+
 class _Estimator:
-    """Holds options; calling it runs the pure function."""
+    """Holds options; calling it runs the pure function. `min_rollouts`: the fewest rewards per group it needs
+    to have a baseline from the group itself (2 for leave-one-out within the group)."""
+
+    min_rollouts = 2
 
     def __init__(self, scale: Scale = "none"):
         if scale not in ("none", "batch"):
@@ -413,6 +423,7 @@ class CrossContextBaseline(_Estimator):
     """Batch leave-one-out baseline pooled over all contexts; see :func:`cross_context_baseline`."""
 
     name = "cross_context"
+    min_rollouts = 1
 
     def __call__(self, rewards: torch.Tensor, group_ids: torch.Tensor) -> BaselineOutput:
         return cross_context_baseline(rewards, group_ids, self.scale)

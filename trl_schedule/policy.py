@@ -19,28 +19,15 @@ Typical use::
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.utils import logging
+from transformers import initialization as _init  # init functions that skip weights loaded from a checkpoint
 
-from .schedules import MIN_INTERVAL, clamp_intervals, dirichlet_concentrations
-
-try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
-    from transformers import initialization as _init
-except ImportError:  # transformers 4.x: `_init_weights` only runs on missing weights anyway
-    from types import SimpleNamespace
-
-    _init = SimpleNamespace(
-        zeros_=nn.init.zeros_,
-        ones_=nn.init.ones_,
-        normal_=nn.init.normal_,
-        copy_=lambda tensor, other: tensor.data.copy_(other),
-    )
-
-logger = logging.get_logger(__name__)
+from .schedules import MIN_INTERVAL, clamp_intervals, dirichlet_concentrations, times_to_tau
 
 CONCENTRATION_FLOOR = 1e-3
 """Added to ``softplus`` so that no concentration is 0 (DESIGN.md §3)."""
@@ -186,6 +173,43 @@ class DirichletSchedulePolicyConfig(PretrainedConfig):
         self.inputs = inputs
         super().__init__(**kwargs)
 
+    @classmethod
+    def for_sampler(
+        cls, sampler: Any, num_steps: int, init: str = "uniform", **kwargs: Any
+    ) -> DirichletSchedulePolicyConfig:
+        """A config whose input widths fit `sampler` (`latent_channels`, `text_dim`, `pooled_dim` from
+        :meth:`ScheduleSampler.policy_input_dims <trl_schedule.samplers.ScheduleSampler.policy_input_dims>`).
+
+        With ``init="default"`` and no `init_schedule`, every instance starts at the sampler's own default
+        schedule (:meth:`~trl_schedule.samplers.ScheduleSampler.default_times`), which must start at ``t = 1``.
+
+        Args:
+            sampler: a schedule sampler (`trl_schedule.samplers.sampler_for(pipe)`).
+            num_steps (`int`): L.
+            init (`str`): `"uniform"` or `"default"`, see the class docstring.
+            **kwargs: any other field (`channels`, `text_hidden`, `init_concentration`, `inputs`, ...).
+
+        Example::
+
+            config = DirichletSchedulePolicyConfig.for_sampler(sampler, 5, channels=(32, 64), head_hidden=64)
+        """
+        sized = set(kwargs) & {"latent_channels", "text_dim", "pooled_dim"}
+        if sized:
+            raise ValueError(
+                f"{sorted(sized)} are read from the sampler by `for_sampler`; build the config directly "
+                "(`DirichletSchedulePolicyConfig(...)`) to set them yourself."
+            )
+        if init == "default" and kwargs.get("init_schedule") is None:
+            times = sampler.default_times(num_steps)
+            if float(times[0]) != 1.0:
+                raise ValueError(
+                    f"init='default' needs the pipeline's schedule to start at t=1, but its first time is "
+                    f"{float(times[0]):.4f} (e.g. SDXL's 'leading' spacing). Use init='uniform', or a "
+                    "scheduler with timestep_spacing='trailing'."
+                )
+            kwargs["init_schedule"] = times_to_tau(torch.cat([times, times.new_zeros(1)])).tolist()
+        return cls(num_steps=num_steps, init=init, **sampler.policy_input_dims(), **kwargs)
+
     def initial_concentrations(self) -> torch.Tensor:
         """The concentrations every instance gets at initialisation, `(L+1,)` float64."""
         n = self.num_steps + 1
@@ -285,9 +309,9 @@ class DirichletSchedulePolicy(PreTrainedModel):
     `forward` returns concentrations; the helpers [`sample`], [`log_prob`], [`entropy`], [`mean`], [`mode`]
     take concentrations (they are static: `DirichletSchedulePolicy.log_prob(alpha, tau)` works too).
 
-    Gradient checkpointing is not supported (the policy is ~20M parameters; activations are tiny next to the
-    frozen sampler's). TRL configs default to `gradient_checkpointing=True`, so enabling it is a logged no-op
-    rather than an error.
+    Gradient checkpointing is not supported (the policy is ~20M parameters; its activations are tiny next to
+    the frozen sampler's): `gradient_checkpointing_enable` raises, and `ScheduleRLConfig` refuses
+    `gradient_checkpointing=True`.
     """
 
     config_class = DirichletSchedulePolicyConfig
@@ -339,22 +363,6 @@ class DirichletSchedulePolicy(PreTrainedModel):
             _init.zeros_(module.bias)
         elif isinstance(module, TextProjection):
             _init.normal_(module.null_token, mean=0.0, std=0.02)
-
-    def activation_checkpointing_enable(
-        self, activation_checkpointing_kwargs=None, every_n_layers=1, offload=False
-    ):
-        """A no-op: the policy does not checkpoint activations (they are tiny); see the class docstring."""
-        logger.info_once("DirichletSchedulePolicy does not use gradient checkpointing; ignoring the request.")
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
-        """A no-op, like [`activation_checkpointing_enable`] (the name TRL and older transformers call)."""
-        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
-
-    def activation_checkpointing_disable(self):
-        """A no-op: checkpointing is never on."""
-
-    def gradient_checkpointing_disable(self):
-        """A no-op: checkpointing is never on."""
 
     # ------------------------------------------------------------------------------------------ forward
 

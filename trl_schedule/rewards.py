@@ -12,7 +12,8 @@ that found no text, a rule that does not apply): the estimators exclude it and g
 :class:`RewardFunction` wraps such a callable and makes its output safe to feed to an estimator: always a float32
 tensor ``(N,)`` on the images' device, computed under ``torch.no_grad``, ``None`` -> NaN, ``inf`` -> NaN (with a
 warning: an infinite reward is a bug, never a score to average), and clear errors naming the function when it
-raises or returns the wrong shape. :func:`combine_rewards` takes the weighted sum of several rewards.
+raises or returns the wrong shape. :func:`combine_rewards` takes the weighted sum of several rewards, and
+:class:`WeightedRewards` holds a checked list of rewards with their weights and scores a batch with all of them.
 
 **Model rewards** (frozen: ``eval()`` and ``requires_grad_(False)``; they follow the images' device unless given
 one):
@@ -52,6 +53,7 @@ __all__ = [
     "CLIPScoreReward",
     "HPSv2Reward",
     "RewardFunction",
+    "WeightedRewards",
     "as_reward_function",
     "clip_preprocess",
     "combine_rewards",
@@ -154,7 +156,9 @@ class RewardFunction:
             if isinstance(raw, torch.Tensor):
                 values = raw.detach().to(torch.float32)
             else:
-                if hasattr(raw, "tolist") and not isinstance(raw, (list, tuple)):  # NumPy arrays, incl. object
+                if hasattr(raw, "tolist") and not isinstance(
+                    raw, (list, tuple)
+                ):  # NumPy arrays, incl. object
                     raw = raw.tolist()
                 if isinstance(raw, (list, tuple)):
                     raw = [math.nan if v is None else float(v) for v in raw]
@@ -254,6 +258,55 @@ def combine_rewards(values: torch.Tensor, weights: Sequence[float] | None = None
     return (w[used, None] * values[used]).sum(dim=0)
 
 
+class WeightedRewards:
+    """Several reward functions and their weights, checked once: score a batch with every function and combine.
+
+    Args:
+        reward_funcs (callable or list of callables): rewards following the protocol (module docstring); each
+            is wrapped with :func:`as_reward_function`.
+        reward_weights (`list[float]`, *optional*): one finite weight per function; all 1 if omitted.
+
+    Raises:
+        ValueError: naming the argument, for no function, a non-callable, or a wrong number of weights.
+    """
+
+    def __init__(self, reward_funcs: Any, reward_weights: Sequence[float] | None = None):
+        if reward_funcs is None:
+            raise ValueError(
+                "`reward_funcs` is required: a callable `reward(images, prompts, **kwargs) -> (N,)` or a "
+                "list of them."
+            )
+        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        if not funcs:
+            raise ValueError("`reward_funcs` is an empty list; pass at least one reward function.")
+        self.funcs = [as_reward_function(func) for func in funcs]
+        if reward_weights is None:
+            reward_weights = [1.0] * len(self.funcs)
+        weights = list(reward_weights)
+        if len(weights) != len(self.funcs):
+            raise ValueError(
+                f"`reward_weights` has {len(weights)} entries but there are {len(self.funcs)} reward "
+                "functions; pass one weight per function."
+            )
+        if not all(isinstance(w, (int, float)) and math.isfinite(w) for w in weights):
+            raise ValueError(f"`reward_weights`={weights} must all be finite numbers.")
+        self.weights = [float(w) for w in weights]
+
+    @property
+    def names(self) -> list[str]:
+        """The functions' names (for logs: `rewards/<name>/mean`)."""
+        return [func.name for func in self.funcs]
+
+    def __call__(
+        self, images: torch.Tensor, prompts: Sequence[str], columns: dict[str, Sequence[Any]] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every function on every image, `(N, F)` float32 (NaN = unscorable), and their weighted sum `(N,)`
+        (:func:`combine_rewards`: NaN as soon as one function with a nonzero weight is NaN). `columns` are
+        passed to every function as keyword arguments (one value per image)."""
+        per_func = torch.stack([func(images, prompts, **(columns or {})) for func in self.funcs])  # (F, N)
+        return per_func.T, combine_rewards(per_func, self.weights)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Image preprocessing shared by the CLIP-based rewards
 # ----------------------------------------------------------------------------------------------------------
@@ -298,18 +351,15 @@ def clip_preprocess(
         target = (size_h, size_w)
     x = images
     if tuple(target) != (height, width):
-        x = F.interpolate(x, size=target, mode="bicubic", antialias=True, align_corners=False).clamp_(0.0, 1.0)
+        x = F.interpolate(x, size=target, mode="bicubic", antialias=True, align_corners=False).clamp_(
+            0.0, 1.0
+        )
     top = int(round((x.shape[-2] - size_h) / 2.0))
     left = int(round((x.shape[-1] - size_w) / 2.0))
     x = x[..., top : top + size_h, left : left + size_w]
     mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean_t) / std_t
-
-
-def _features(output: Any) -> torch.Tensor:
-    """transformers < 5 returns the projected features; >= 5 a ModelOutput with them in `pooler_output`."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
 def _follow_device(model: torch.nn.Module, fixed_device: torch.device | None, images: torch.Tensor):
@@ -356,7 +406,9 @@ class CLIPScoreReward:
         from transformers import AutoTokenizer, CLIPModel
 
         path = str(model_name_or_path)
-        self.model = CLIPModel.from_pretrained(path, dtype=dtype or torch.float32).eval().requires_grad_(False)
+        self.model = (
+            CLIPModel.from_pretrained(path, dtype=dtype or torch.float32).eval().requires_grad_(False)
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.device = torch.device(device) if device is not None else None
         if self.device is not None:
@@ -381,10 +433,10 @@ class CLIPScoreReward:
             tokens = self.tokenizer(
                 list(prompts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
             ).to(device)
-            image_embeds = _features(self.model.get_image_features(pixel_values=pixel_values))
-            text_embeds = _features(
-                self.model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-            )
+            image_embeds = self.model.get_image_features(pixel_values=pixel_values).pooler_output
+            text_embeds = self.model.get_text_features(
+                input_ids=tokens.input_ids, attention_mask=tokens.attention_mask
+            ).pooler_output
             cosine = F.cosine_similarity(image_embeds.float(), text_embeds.float(), dim=-1)
             if self.use_logit_scale:
                 cosine = cosine * self.model.logit_scale.float().exp()
@@ -455,7 +507,9 @@ class HPSv2Reward:
         dtype: torch.dtype | None = None,
     ):
         if version not in HPSV2_CHECKPOINTS:
-            raise ValueError(f"version={version!r} is not an HPSv2 version; pass one of {list(HPSV2_CHECKPOINTS)}.")
+            raise ValueError(
+                f"version={version!r} is not an HPSv2 version; pass one of {list(HPSV2_CHECKPOINTS)}."
+            )
         filename = HPSV2_CHECKPOINTS[version]
         path = os.fspath(checkpoint_path)
         if os.path.isdir(path):

@@ -16,15 +16,28 @@ from typing import Any
 import torch
 from trl.trainer.base_config import _BaseConfig
 
-from .estimators import ESTIMATORS
+from .estimators import ESTIMATORS, get_estimator
 from .policy import INPUTS as _POLICY_INPUTS
 
-__all__ = ["ScheduleRLConfig"]
+__all__ = ["ScheduleRLConfig", "check_num_rollouts"]
 
 _TORCH_DTYPES = ("float32", "float16", "bfloat16")
 _POLICY_INITS = ("uniform", "default")
-# Estimators that need at least 2 rollouts per context (leave-one-out inside the context).
-_NEEDS_TWO_ROLLOUTS = ("rloo", "james_stein", "james_stein_loo")
+
+
+def check_num_rollouts(estimator: Any, num_rollouts: int) -> None:
+    """Raise when `estimator` needs more rollouts per context than `num_rollouts` (its `min_rollouts`; RLOO and
+    James-Stein need 2: with 1, RLOO has no leave-one-out baseline and James-Stein equals the cross-context
+    baseline). Estimators without `min_rollouts` are taken to need 1."""
+    needed = getattr(estimator, "min_rollouts", 1)
+    if num_rollouts < needed:
+        name = getattr(estimator, "name", type(estimator).__name__)
+        raise ValueError(
+            f"`num_rollouts`={num_rollouts} with the {name!r} baseline, which needs at least {needed} rollouts "
+            "per context (RLOO has no leave-one-out baseline with 1, and James-Stein then equals the "
+            "cross-context baseline). Use num_rollouts >= 2 (paper: 2), or baseline='cross_context' for one "
+            "rollout per context."
+        )
 
 
 @dataclass
@@ -69,7 +82,7 @@ class ScheduleRLConfig(_BaseConfig):
 
         baseline (`str`, *optional*, defaults to `"james_stein"`):
             Reward baseline: `"james_stein"` (the paper's), `"james_stein_loo"` (exactly unbiased,
-            JSPO-style), `"rloo"` or `"cross_context"`. The trainer's `baseline=` argument (a name or an
+            JSPO-style), `"rloo"` or `"cross_context"`. The trainer's `estimator=` argument (a name or an
             estimator object) overrides it.
 
         > Policy (used when the trainer builds the policy itself)
@@ -240,7 +253,9 @@ class ScheduleRLConfig(_BaseConfig):
     )
     gradient_checkpointing: bool | None = field(
         default=None,
-        metadata={"help": "Off (None = False): the schedule policy does not checkpoint activations."},
+        metadata={
+            "help": "Off (None = False; True is refused): the schedule policy does not checkpoint activations."
+        },
     )
     dataloader_drop_last: bool = field(
         default=True,
@@ -257,15 +272,9 @@ class ScheduleRLConfig(_BaseConfig):
         if self.baseline not in ESTIMATORS:
             raise ValueError(
                 f"`baseline`={self.baseline!r} is not a known baseline; choose one of {sorted(ESTIMATORS)}, "
-                "or pass an estimator object to `ScheduleRLTrainer(baseline=...)`."
+                "or pass an estimator object to `ScheduleRLTrainer(estimator=...)`."
             )
-        if self.num_rollouts < 2 and self.baseline in _NEEDS_TWO_ROLLOUTS:
-            raise ValueError(
-                f"`num_rollouts`={self.num_rollouts} with `baseline`={self.baseline!r}: this baseline needs "
-                "at least 2 rollouts per context (RLOO has no leave-one-out baseline with 1, and James-Stein "
-                "then equals the cross-context baseline). Use num_rollouts >= 2 (paper: 2), or "
-                "baseline='cross_context' for one rollout per context."
-            )
+        check_num_rollouts(get_estimator(self.baseline), self.num_rollouts)
         if self.rollout_batch_size is not None:
             _check_int(
                 "rollout_batch_size", self.rollout_batch_size, 1, "or rollout_batch_size=None for one batch"
@@ -311,6 +320,12 @@ class ScheduleRLConfig(_BaseConfig):
         _check_int("log_images_steps", self.log_images_steps, 0, "0 disables image logging")
         _check_int("num_eval_prompts", self.num_eval_prompts, 1, "e.g. num_eval_prompts=16")
         _check_int("eval_seed", self.eval_seed, 0, "e.g. eval_seed=1234")
+        if self.gradient_checkpointing:
+            raise ValueError(
+                f"`gradient_checkpointing`={self.gradient_checkpointing!r}: the schedule policy does not checkpoint "
+                "activations (they are tiny next to the frozen sampler's, which runs without gradients). Set "
+                "gradient_checkpointing=False."
+            )
         super().__post_init__()
 
 
