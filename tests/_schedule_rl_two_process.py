@@ -23,9 +23,9 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from trl_schedule.policy import DirichletSchedulePolicyConfig
-from trl_schedule.samplers.tiny import tiny_pipeline
 from trl_schedule.schedule_rl_config import ScheduleRLConfig
 from trl_schedule.schedule_rl_trainer import ScheduleRLTrainer
+from trl_schedule.testing import tiny_pipeline
 
 TEXT_DIMS = {"flux": 32, "sd3": 32, "sdxl": 64}  # widths of the tiny pipelines' text states
 
@@ -99,7 +99,8 @@ def slow_contrast(images, prompts, **kwargs):
 
 
 class RecordingTrainer(ScheduleRLTrainer):
-    """Records, per micro-batch, the estimator's inputs and outputs and the advantages handed to the loss."""
+    """Records, per micro-batch, the estimator's inputs and outputs, this process's rollout rewards and the
+    advantages handed to the loss."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -120,9 +121,14 @@ class RecordingTrainer(ScheduleRLTrainer):
 
         self.estimator = recording_estimator
 
+    def _generate_rollouts(self, *args, **kwargs):
+        rollouts = super()._generate_rollouts(*args, **kwargs)
+        self._local_rewards = rollouts.rewards.tolist()  # this process's rollouts (the estimator sees all)
+        return rollouts
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.records[-1]["loss_advantages"] = inputs["advantages"].tolist()
-        self.records[-1]["loss_rewards"] = inputs["rewards"].tolist()
+        self.records[-1]["loss_rewards"] = self._local_rewards
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 

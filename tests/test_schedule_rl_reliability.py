@@ -20,13 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import TrainerCallback
-
-from trl_schedule.samplers.tiny import tiny_pipeline
-from trl_schedule.schedule_rl_trainer import ScheduleRLTrainer
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _schedule_rl_two_process import (  # noqa: E402
+from _schedule_rl_two_process import (
     SIGTERM_MAX_STEPS,
     RecordingTrainer,
     contrast,
@@ -36,13 +30,12 @@ from _schedule_rl_two_process import (  # noqa: E402
     tiny_args,
     tiny_policy_config,
 )
+from transformers import TrainerCallback
+
+from trl_schedule.schedule_rl_trainer import ScheduleRLTrainer
+from trl_schedule.testing import tiny_pipeline
 
 SCRIPT = Path(__file__).parent / "_schedule_rl_two_process.py"
-
-
-@pytest.fixture(autouse=True)
-def _no_telemetry(monkeypatch):
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 @pytest.fixture(autouse=True)

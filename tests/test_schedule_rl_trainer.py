@@ -6,22 +6,10 @@ Reliability (resume, SIGTERM, 2 processes) is in `test_schedule_rl_reliability.p
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-from trl_schedule.estimators import CrossContextBaseline, JamesSteinBaseline, RLOOBaseline
-from trl_schedule.policy import DirichletSchedulePolicy
-from trl_schedule.samplers.tiny import tiny_pipeline
-from trl_schedule.schedule_rl_config import ScheduleRLConfig
-from trl_schedule.schedule_rl_trainer import ScheduleRLTrainer
-from trl_schedule.scheduled_pipeline import ScheduledPipeline
-from trl_schedule.schedules import flow_match_default_schedule
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _schedule_rl_two_process import (  # noqa: E402
+from _schedule_rl_two_process import (
     RecordingTrainer,
     contrast,
     prompt_dataset,
@@ -30,13 +18,16 @@ from _schedule_rl_two_process import (  # noqa: E402
     tiny_policy_config,
 )
 
+from trl_schedule.estimators import CrossContextBaseline, JamesSteinBaseline, RLOOBaseline
+from trl_schedule.policy import DirichletSchedulePolicy
+from trl_schedule.schedule_rl_config import ScheduleRLConfig
+from trl_schedule.schedule_rl_trainer import ScheduleRLTrainer
+from trl_schedule.scheduled_pipeline import ScheduledPipeline
+from trl_schedule.schedules import flow_match_default_schedule
+from trl_schedule.testing import tiny_pipeline
+
 FAMILIES = ("flux", "sd3", "sdxl")
 MISSING_PIPELINE = "/nonexistent/pipeline"  # loading it would fail: errors raised first prove the order
-
-
-@pytest.fixture(autouse=True)
-def _no_telemetry(monkeypatch):
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +129,27 @@ def test_baseline_by_name_or_object(pipes, baseline, expected_cls, tmp_path):
         reward_funcs=contrast,
         args=tiny_args(tmp_path),
         train_dataset=prompt_dataset(),
-        baseline=baseline,
+        estimator=baseline,
     )
     assert isinstance(trainer.estimator, expected_cls)
     if baseline == "james_stein_loo":
         assert trainer.estimator.variant == "loo"
+
+
+def test_baseline_argument_is_a_deprecated_alias_of_estimator(pipes, tmp_path):
+    """`baseline=` (the old name) still works for one release, with a FutureWarning; both at once is refused."""
+    kwargs = dict(
+        pipeline=pipes["flux"],
+        policy=tiny_policy_config(),
+        reward_funcs=contrast,
+        args=tiny_args(tmp_path),
+        train_dataset=prompt_dataset(),
+    )
+    with pytest.warns(FutureWarning, match="estimator="):
+        trainer = ScheduleRLTrainer(**kwargs, baseline="rloo")
+    assert isinstance(trainer.estimator, RLOOBaseline)
+    with pytest.raises(ValueError, match="both `estimator=` and its deprecated alias"):
+        ScheduleRLTrainer(**kwargs, baseline="rloo", estimator="rloo")
 
 
 def test_rloo_object_and_two_weighted_rewards(pipes, tmp_path):
@@ -160,7 +167,7 @@ def test_rloo_object_and_two_weighted_rewards(pipes, tmp_path):
         reward_weights=[2.0, -0.5],
         args=tiny_args(tmp_path, "sd3", baseline="james_stein"),
         train_dataset=prompt_dataset(),
-        baseline=RLOOBaseline(),
+        estimator=RLOOBaseline(),
     )
     trainer.train()
     record = trainer.records[0]
@@ -240,7 +247,7 @@ def test_save_model_round_trip(pipes, tmp_path):
     generator = torch.Generator().manual_seed(0)
     result = scheduled(["a red cube"], generator=generator, height=32, width=32, return_schedule=True)
     assert result.images.shape == (1, 3, 32, 32)
-    x_T = trainer.sampler.initial_noise(1, generator=torch.Generator().manual_seed(0), height=32, width=32)
+    x_T = trainer.sampler.initial_noise(1, generator=torch.Generator().manual_seed(0))
     inputs = trainer.sampler.policy_inputs(x_T, trainer.sampler.encode(["a red cube"]))
     with torch.no_grad():
         torch.testing.assert_close(result.concentrations, trainer.model.eval()(**inputs))
@@ -364,7 +371,7 @@ def test_one_rollout_is_allowed_only_with_cross_context(pipes, tmp_path):
             reward_funcs=contrast,
             args=args,
             train_dataset=prompt_dataset(),
-            baseline=JamesSteinBaseline(),
+            estimator=JamesSteinBaseline(),
         )
     trainer = RecordingTrainer(
         pipeline=pipes["flux"],
@@ -438,15 +445,25 @@ def test_policy_that_does_not_fit(pipes, tmp_path):
         )
 
 
-def test_fewer_than_three_contexts_warns_with_james_stein(pipes, tmp_path):
+def test_fewer_than_three_contexts_warns_once_with_james_stein(pipes, tmp_path):
+    """The trainer warns when it is built; the estimator's own check on the first batch does not repeat it."""
+    import warnings
+
+    from trl_schedule import estimators
+
+    estimators._warned.clear()
     with pytest.warns(UserWarning, match="at least 3"):
-        ScheduleRLTrainer(
+        trainer = ScheduleRLTrainer(
             pipeline=pipes["flux"],
             policy=tiny_policy_config(),
             reward_funcs=contrast,
-            args=tiny_args(tmp_path, per_device_train_batch_size=2),
+            args=tiny_args(tmp_path, per_device_train_batch_size=2, max_steps=1),
             train_dataset=prompt_dataset(),
         )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert not [w for w in caught if "at least 3" in str(w.message)]
 
 
 # ------------------------------------------------------------------------------------------------------ LoRA
@@ -542,28 +559,6 @@ def test_pipeline_from_a_local_path(tmp_path):
     assert not any(p.requires_grad for p in trainer.pipeline.transformer.parameters())
     trainer.train()
     assert trainer.state.global_step == 2
-
-
-def test_seeded_rng_on_cpu_passes_no_device_type(monkeypatch):
-    """torch < 2.13 refuses `fork_rng(device_type=None)`; the CPU path must not pass it (regression: the
-    trainer failed at policy construction on the GPU machine's torch 2.11)."""
-    from trl_schedule import schedule_rl_trainer as module
-
-    real = torch.random.fork_rng
-
-    def strict_fork_rng(devices=None, enabled=True, _caller="fork_rng", _devices_kw="devices", **kwargs):
-        if "device_type" in kwargs and kwargs["device_type"] is None:
-            raise TypeError("device() received an invalid combination of arguments - got (NoneType)")
-        return real(devices=devices, enabled=enabled, **kwargs)
-
-    monkeypatch.setattr(torch.random, "fork_rng", strict_fork_rng)
-    before = torch.random.get_rng_state()
-    with module._seeded_rng(3, torch.device("cpu")):
-        first = torch.rand(2)
-    with module._seeded_rng(3, torch.device("cpu")):
-        second = torch.rand(2)
-    torch.testing.assert_close(first, second, rtol=0, atol=0)
-    torch.testing.assert_close(torch.random.get_rng_state(), before, rtol=0, atol=0)
 
 
 def _tag_and_pattern(images, prompts, tag, **kwargs):

@@ -8,9 +8,9 @@ from diffusers import EulerDiscreteScheduler
 
 from trl_schedule.policy import DirichletSchedulePolicy, DirichletSchedulePolicyConfig
 from trl_schedule.samplers import sampler_for
-from trl_schedule.samplers.tiny import TINY_FAMILIES, tiny_pipeline
 from trl_schedule.scheduled_pipeline import ScheduledPipeline, ScheduledPipelineOutput
 from trl_schedule.schedules import clamp_intervals, eval_times, sdxl_default_schedule, sdxl_sigmas
+from trl_schedule.testing import TINY_FAMILIES, tiny_pipeline
 
 SIZE = 32
 L = 2
@@ -18,7 +18,8 @@ PROMPTS = ["a red cube", "two cats on a sofa"]
 
 
 def _sampler_kwargs(family):
-    return {} if family == "sdxl" else {"max_sequence_length": 16}
+    msl = {} if family == "sdxl" else {"max_sequence_length": 16}
+    return {"height": SIZE, "width": SIZE, **msl}
 
 
 def _seed(seed):
@@ -26,15 +27,11 @@ def _seed(seed):
 
 
 def _tiny_policy(sampler, seed=0, **config_kwargs):
-    """A tiny policy sized from the sampler's policy_inputs; the head is perturbed so rows get different
-    schedules (a fresh policy starts every instance at the same mean schedule)."""
-    x_T = sampler.initial_noise(1, height=SIZE, width=SIZE)
-    inputs = sampler.policy_inputs(x_T, sampler.encode(["x"]))
-    config = DirichletSchedulePolicyConfig(
-        num_steps=L,
-        latent_channels=inputs["latents"].shape[1],
-        text_dim=inputs["text_states"].shape[-1],
-        pooled_dim=inputs["pooled"].shape[-1],
+    """A tiny policy sized for the sampler; the head is perturbed so rows get different schedules (a fresh
+    policy starts every instance at the same mean schedule)."""
+    config = DirichletSchedulePolicyConfig.for_sampler(
+        sampler,
+        L,
         channels=(8, 16),
         text_hidden=16,
         num_attention_heads=2,
@@ -82,7 +79,7 @@ def test_mode_is_deterministic_and_is_the_schedule_used(scheduled):
     torch.testing.assert_close(out.schedules, again.schedules, atol=0, rtol=0)
     # recompute the whole data flow by hand
     sampler, policy = scheduled.sampler, scheduled.policy
-    x_T = sampler.initial_noise(2, generator=_seed(0), height=SIZE, width=SIZE)
+    x_T = sampler.initial_noise(2, generator=_seed(0))
     cond = sampler.encode(PROMPTS)
     with torch.no_grad():
         alpha = policy(**sampler.policy_inputs(x_T, cond))
@@ -91,7 +88,7 @@ def test_mode_is_deterministic_and_is_the_schedule_used(scheduled):
     torch.testing.assert_close(out.schedules, times)
     torch.testing.assert_close(out.log_prob, policy.log_prob(alpha, out.tau))
     assert (times[0] - times[1]).abs().max() > 1e-4  # the policy picks a schedule per instance
-    images = sampler.decode(sampler.denoise(x_T, cond, times), SIZE, SIZE)
+    images = sampler.decode(sampler.denoise(x_T, cond, times))
     torch.testing.assert_close(out.images, images, atol=1e-6, rtol=0)
     # latents= takes the sampler's initial noise: same result as drawing it from the generator
     from_latents = scheduled(PROMPTS, latents=x_T, height=SIZE, width=SIZE)
@@ -106,7 +103,7 @@ def test_sample_varies_with_seed(scheduled):
     torch.testing.assert_close(a.images, b.images, atol=0, rtol=0)
     assert (a.schedules - c.schedules).abs().max() > 1e-3
     # with fixed noise, sampled schedules differ from the mode and from each other
-    x_T = scheduled.sampler.initial_noise(2, generator=_seed(0), height=SIZE, width=SIZE)
+    x_T = scheduled.sampler.initial_noise(2, generator=_seed(0))
     mode = scheduled(PROMPTS, latents=x_T, height=SIZE, width=SIZE)
     drawn = [scheduled(PROMPTS, latents=x_T, generator=_seed(s), sample=True).schedules for s in (3, 4)]
     assert (drawn[0] - mode.schedules).abs().max() > 1e-3 and (drawn[0] - drawn[1]).abs().max() > 1e-3
@@ -149,8 +146,8 @@ def test_default_schedule_policy_reproduces_sdxl_pipeline():
     policy = _tiny_policy(
         sampler_for(pipe), init="default", init_schedule=default_tau.tolist(), init_concentration=1e6
     )
-    scheduled = ScheduledPipeline(pipe, policy, guidance_scale=3.0)
-    x_T = scheduled.sampler.initial_noise(2, generator=_seed(0), height=SIZE, width=SIZE)
+    scheduled = ScheduledPipeline(pipe, policy, guidance_scale=3.0, height=SIZE, width=SIZE)
+    x_T = scheduled.sampler.initial_noise(2, generator=_seed(0))
     out = scheduled(PROMPTS, latents=x_T, height=SIZE, width=SIZE)
     default_times = eval_times(default_tau).float().expand(2, -1)
     torch.testing.assert_close(out.schedules, default_times, atol=2e-4, rtol=0)
@@ -164,3 +161,79 @@ def test_default_schedule_policy_reproduces_sdxl_pipeline():
         output_type="pt",
     ).images
     torch.testing.assert_close(out.images, reference, atol=1e-4, rtol=0)
+
+
+def test_a_call_at_another_size_changes_nothing_after_it(scheduled):
+    """height/width of one call run on a resized copy of the sampler: the next call is at the sampler's size."""
+    before = (scheduled.sampler.height, scheduled.sampler.width)
+    big = scheduled(PROMPTS[:1], generator=_seed(0), height=2 * SIZE, width=2 * SIZE)
+    assert big.images.shape[-2:] == (2 * SIZE, 2 * SIZE)
+    assert (scheduled.sampler.height, scheduled.sampler.width) == before
+    assert scheduled(PROMPTS[:1], generator=_seed(0)).images.shape[-2:] == (SIZE, SIZE)
+
+
+def test_latents_do_not_touch_the_global_rng(scheduled):
+    x_T = scheduled.sampler.initial_noise(2, generator=_seed(0))
+    state = torch.random.get_rng_state()
+    scheduled(PROMPTS, latents=x_T)
+    torch.testing.assert_close(torch.random.get_rng_state(), state, rtol=0, atol=0)
+
+
+def _stock_kwargs(family):
+    return {"height": SIZE, "width": SIZE, "output_type": "pt", **_sampler_kwargs(family)}
+
+
+def _as_stock_runs(sampler, times: torch.Tensor) -> torch.Tensor:
+    """The times a stock call runs: flow matching ends at 0 (the stopping margin is dropped), SDXL as is."""
+    if sampler.family == "sdxl":
+        return times
+    return torch.cat([times[..., :-1], torch.zeros_like(times[..., -1:])], dim=-1)
+
+
+def test_export_per_instance_round_trips_through_a_stock_call(scheduled):
+    """exported.sigmas[i] in a stock `pipe(prompt_i, generator=seed_i, sigmas=...)` call generates what our
+    sampler generates with that instance's schedule (the policy's mode) on the same noise."""
+    sampler, pipe = scheduled.sampler, scheduled.pipe
+    seeds = [11, 12]
+    exported = scheduled.export_schedule(PROMPTS, seeds=seeds, reduce="none")
+    assert exported.times.shape == (2, L + 1) and exported.times_std is None
+    assert exported.num_inference_steps == L and (exported.height, exported.width) == (SIZE, SIZE)
+    mode = scheduled(PROMPTS, generator=[_seed(s) for s in seeds], return_schedule=True)
+    torch.testing.assert_close(exported.times.float(), mode.schedules, atol=1e-6, rtol=0)
+    assert exported.stopping_margin == pytest.approx(mode.schedules[:, -1].tolist(), abs=1e-6)
+    for i, (prompt, seed) in enumerate(zip(PROMPTS, seeds)):
+        stock = pipe(
+            prompt, generator=_seed(seed), **_stock_kwargs(sampler.family), **exported.pipeline_kwargs(i)
+        )
+        x_T = sampler.initial_noise(1, generator=_seed(seed))
+        times = _as_stock_runs(sampler, exported.times[i : i + 1].float())
+        ours = sampler.decode(sampler.denoise(x_T, sampler.encode([prompt]), times))
+        torch.testing.assert_close(stock.images, ours, atol=1e-4, rtol=0)
+
+
+def test_export_global_summary(scheduled, tmp_path):
+    """reduce='mean': the mean of the instances' times with their spread; the stock call runs that mean."""
+    prompts = [f"{p} {i}" for i in range(3) for p in PROMPTS]
+    per_instance = scheduled.export_schedule(prompts, reduce="none")
+    exported = scheduled.export_schedule(prompts)
+    torch.testing.assert_close(exported.times, per_instance.times.mean(0), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        exported.times_std, per_instance.times.std(0, correction=0), rtol=0, atol=1e-12
+    )
+    assert exported.times[0] == 1 and exported.times_std.max() > 0  # the tiny policy is instance-dependent
+    sampler, pipe = scheduled.sampler, scheduled.pipe
+    stock = pipe(PROMPTS, generator=_seed(3), **_stock_kwargs(sampler.family), **exported.pipeline_kwargs())
+    x_T = sampler.initial_noise(2, generator=_seed(3))
+    times = _as_stock_runs(sampler, exported.times.float()).expand(2, -1)
+    ours = sampler.decode(sampler.denoise(x_T, sampler.encode(PROMPTS), times))
+    torch.testing.assert_close(stock.images, ours, atol=1e-4, rtol=0)
+    import json
+
+    (tmp_path / "schedule.json").write_text(json.dumps(exported.to_dict()))
+    assert json.loads((tmp_path / "schedule.json").read_text())["sigmas"] == exported.sigmas
+    with pytest.raises(ValueError, match="per instance"):
+        per_instance.pipeline_kwargs()
+    with pytest.raises(ValueError, match="reduce"):
+        scheduled.export_schedule(PROMPTS, reduce="median")
+    with pytest.raises(ValueError, match="one seed per prompt"):
+        scheduled.export_schedule(PROMPTS, seeds=[1])

@@ -29,6 +29,7 @@ _LAZY = {
     "DirichletSchedulePolicy": "policy",
     "DirichletSchedulePolicyConfig": "policy",
     "ScheduledPipeline": "scheduled_pipeline",
+    "ExportedSchedule": "scheduled_pipeline",
     "sampler_for": "samplers",
     "FluxScheduleSampler": "samplers",
     "SD3ScheduleSampler": "samplers",
@@ -55,6 +56,7 @@ __all__ = [
     "DirichletSchedulePolicy",
     "DirichletSchedulePolicyConfig",
     "ScheduledPipeline",
+    "ExportedSchedule",
     "sampler_for",
     "FluxScheduleSampler",
     "SD3ScheduleSampler",
@@ -88,4 +90,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .samplers import FluxScheduleSampler, SD3ScheduleSampler, SDXLScheduleSampler, sampler_for
     from .schedule_rl_config import ScheduleRLConfig
     from .schedule_rl_trainer import ScheduleRLTrainer
-    from .scheduled_pipeline import ScheduledPipeline
+    from .scheduled_pipeline import ExportedSchedule, ScheduledPipeline

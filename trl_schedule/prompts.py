@@ -1,4 +1,5 @@
-"""Prompt datasets from wherever they live: a `datasets.Dataset`, a local file or directory, or a hub name.
+"""Prompt datasets from wherever they live (a `datasets.Dataset`, a local file or directory, or a hub name), and
+the order schedule training draws them in.
 
 One loader for the schedule trainer and every recipe (LLM and diffusion), so "what counts as a prompt set" and
 its error messages are defined once::
@@ -11,11 +12,14 @@ its error messages are defined once::
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from datasets import Dataset, DatasetDict, load_dataset
+from torch.utils.data import Sampler
 
-__all__ = ["DATA_FILE_BUILDERS", "load_prompt_dataset"]
+__all__ = ["DATA_FILE_BUILDERS", "ContextSampler", "load_prompt_dataset"]
 
 DATA_FILE_BUILDERS = {
     ".json": "json",
@@ -94,3 +98,32 @@ def load_prompt_dataset(
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     return dataset
+
+
+class ContextSampler(Sampler[int]):
+    """Dataset order for schedule training: a permutation that is a pure function of (seed, epoch).
+
+    Every process builds the same permutation (the Trainer then gives process p the p-th block of each step's
+    global batch) and a resumed run rebuilds it exactly, so the data order needs no saved state.
+
+    Args:
+        num_rows (`int`): dataset length.
+        seed (`int`): base seed; epoch e uses ``seed + e``.
+        shuffle (`bool`): False keeps the dataset order.
+    """
+
+    def __init__(self, num_rows: int, seed: int, shuffle: bool = True):
+        self.num_rows, self.seed, self.shuffle, self.epoch = num_rows, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            yield from range(self.num_rows)
+            return
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.randperm(self.num_rows, generator=generator).tolist()
+
+    def __len__(self) -> int:
+        return self.num_rows

@@ -1,15 +1,10 @@
-"""Inference with a trained schedule policy: a diffusers pipeline whose schedule is chosen per image.
+"""Inference with a trained schedule policy: a diffusers pipeline whose schedule is chosen per image, and the
+export of a learned schedule to stock diffusers calls.
 
 :class:`ScheduledPipeline` wraps a pipeline the user already has (Flux, SD3, SDXL) and a trained
-:class:`~trl_schedule.policy.DirichletSchedulePolicy`. Each call runs the data flow of
-:mod:`trl_schedule.samplers.base` once::
-
-    x_T = sampler.initial_noise(N)                 # or latents=
-    cond = sampler.encode(prompts)
-    alpha = policy(**sampler.policy_inputs(x_T, cond))
-    tau = policy.mode(alpha)                       # or policy.sample(alpha) with sample=True
-    times = eval_times(clamp_intervals(tau))       # (N, L+1): t_0 = 1 > ... > t_L
-    images = sampler.decode(sampler.denoise(x_T, cond, times))
+:class:`~trl_schedule.policy.DirichletSchedulePolicy`. Each call runs the rollout chain of
+:mod:`trl_schedule.rollout` once (noise and prompts -> the policy's mode, or one draw -> denoise -> decode).
+:meth:`ScheduledPipeline.export_schedule` returns the schedules as the `sigmas=` a stock pipeline call takes.
 
 Example::
 
@@ -17,19 +12,28 @@ Example::
     scheduled = ScheduledPipeline.from_pretrained(pipe, "path/to/policy")
     out = scheduled("a red cube", generator=torch.Generator("cuda").manual_seed(0), output_type="pil")
     out.images[0].save("cube.png"); print(out.schedules)      # the times each image was generated with
+    exported = scheduled.export_schedule(prompts, seeds=range(64))  # one global schedule for any stock call
+    pipe(prompt, sigmas=exported.sigmas, num_inference_steps=exported.num_inference_steps)
 """
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .policy import DirichletSchedulePolicy
+from .rollout import (
+    make_contexts,
+    mode_schedule,
+    policy_concentrations,
+    render,
+    sample_schedules,
+    schedule_times,
+)
 from .samplers import ScheduleSampler, sampler_for
-from .schedules import clamp_intervals, eval_times
 
 _OUTPUT_TYPES = ("pt", "np", "pil")
 
@@ -56,6 +60,64 @@ class ScheduledPipelineOutput:
     tau: torch.Tensor
     concentrations: torch.Tensor | None = None
     log_prob: torch.Tensor | None = None
+
+
+@dataclass
+class ExportedSchedule:
+    """A learned schedule in the form a stock diffusers call takes (what [`ScheduledPipeline.export_schedule`]
+    returns).
+
+    Args:
+        sigmas (`list[float]`, or `list[list[float]]` per instance):
+            What ``pipe(..., sigmas=...)`` takes to run the schedule: the pipeline's scheduler shift is undone
+            (Flux's dynamic ``mu`` at the sampler's image size, SD3's ``shift``), so the stock call evaluates
+            the model exactly at the learned times. Flux / SD3: L values; the stock call appends the terminal 0
+            itself, so it cannot stop at ``t_L`` and the stopping margin is dropped. SDXL
+            (`EulerDiscreteScheduler`): L+1 values, the terminal one included, so the stock call also stops at
+            ``t_L``.
+        num_inference_steps (`int`): L.
+        times (`torch.Tensor` of shape `(L+1,)`, or `(N, L+1)` per instance): the learned times ``t_0 .. t_L``.
+        times_std (`torch.Tensor` of shape `(L+1,)`, *optional*): for the global summary, the spread of the
+            instances' times around `times` (their std over the prompt set; 0 = instance-independent).
+        stopping_margin (`float` or `list[float]`): ``t_L``, where our sampler stops (Flux / SD3: a stock call
+            goes on to 0).
+        family (`str`): the sampler family the sigmas are for.
+        height, width (`int`): the image size they are for (Flux's shift depends on it).
+    """
+
+    sigmas: list[float] | list[list[float]]
+    num_inference_steps: int
+    times: torch.Tensor
+    times_std: torch.Tensor | None
+    stopping_margin: float | list[float]
+    family: str
+    height: int
+    width: int
+
+    def pipeline_kwargs(self, index: int | None = None) -> dict[str, Any]:
+        """``{"sigmas": ..., "num_inference_steps": L}`` for a stock call: of the global schedule, or of
+        instance `index` of a per-instance export."""
+        sigmas = self.sigmas
+        if index is not None:
+            if self.times.ndim != 2:
+                raise ValueError("`index` is for a per-instance export (reduce='none'); this one is global.")
+            sigmas = sigmas[index]
+        elif self.times.ndim == 2:
+            raise ValueError("This export is per instance (reduce='none'): pass the instance `index`.")
+        return {"sigmas": list(sigmas), "num_inference_steps": self.num_inference_steps}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: every field as plain lists and numbers."""
+        return {
+            "family": self.family,
+            "height": self.height,
+            "width": self.width,
+            "num_inference_steps": self.num_inference_steps,
+            "sigmas": self.sigmas,
+            "times": self.times.tolist(),
+            "times_std": None if self.times_std is None else self.times_std.tolist(),
+            "stopping_margin": self.stopping_margin,
+        }
 
 
 class ScheduledPipeline:
@@ -146,7 +208,8 @@ class ScheduledPipeline:
                 Must equal the policy's L (`policy.config.num_steps`), which is used when unset.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
                 Draws the initial noise exactly as the pipeline does, then (with `sample=True`) the schedules.
-            height, width (`int`, *optional*): image size in pixels; the sampler's defaults if unset.
+            height, width (`int`, *optional*): image size in pixels; the sampler's if unset (another size runs
+                on `sampler.resized(height, width)`, the sampler itself is not changed).
             guidance_scale (`float`, *optional*): overrides the sampler's guidance scale for this call.
             negative_prompt (`str` or `list[str]`, *optional*): for families with classifier-free guidance.
             latents (`torch.Tensor`, *optional*):
@@ -180,39 +243,29 @@ class ScheduledPipeline:
         if isinstance(negative_prompt, list):
             negative_prompt = [n for n in negative_prompt for _ in range(num_images_per_prompt)]
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        n = len(prompts)
 
-        # 1. initial noise (also fixes the sampler's image size) and text conditioning
-        if latents is None:
-            x_T = sampler.initial_noise(n, generator=generator, height=height, width=width)
-        else:
-            # a reference draw only for shape/dtype/device (and to set the size); `generator` is untouched
-            reference = sampler.initial_noise(n, generator=None, height=height, width=width)
-            if tuple(latents.shape) != tuple(reference.shape):
-                raise ValueError(
-                    f"`latents` has shape {tuple(latents.shape)}, but {n} image(s) of {height or 'default'}x"
-                    f"{width or 'default'} px need {tuple(reference.shape)} (the layout of the sampler's "
-                    "`initial_noise` and the pipeline's `latents=`). Pass matching height/width."
-                )
-            x_T = latents.to(device=reference.device, dtype=reference.dtype)
+        sampler = sampler.resized(height, width)
         encode_kwargs: dict[str, Any] = {}
         if guidance_scale is not None:
             encode_kwargs["guidance_scale"] = guidance_scale
         if negative_prompt is not None:
             encode_kwargs["negative_prompt"] = negative_prompt
-        cond = sampler.encode(prompts, **encode_kwargs)
+        contexts = make_contexts(
+            sampler,
+            prompts,
+            generator=None if latents is not None else generator,
+            latents=latents,
+            **encode_kwargs,
+        )
 
-        # 2. the schedule: the policy's mode, or one draw per image
-        concentrations = policy(**sampler.policy_inputs(x_T, cond))
+        # the schedule: the policy's mode, or one draw per image seeded from `generator`
+        concentrations = policy_concentrations(policy, sampler, contexts)
         if sample:
-            with _seeded(generator, concentrations.device):
-                tau, _ = policy.sample(concentrations)
+            tau = sample_schedules(concentrations, _draw_seed(generator))
         else:
-            tau = clamp_intervals(policy.mode(concentrations))
-        times = eval_times(tau).to(torch.float32)
-
-        # 3. denoise with one schedule per row and decode
-        images = sampler.decode(sampler.denoise(x_T, cond, times.to(sampler.device)), height, width)
+            tau = mode_schedule(concentrations)
+        times = schedule_times(tau, sampler)
+        images = render(sampler, contexts.x_T, contexts.cond, times).images
         return ScheduledPipelineOutput(
             images=_postprocess(images, output_type),
             schedules=times.cpu(),
@@ -221,21 +274,93 @@ class ScheduledPipeline:
             log_prob=policy.log_prob(concentrations, tau).cpu() if return_schedule else None,
         )
 
+    @torch.no_grad()
+    def export_schedule(
+        self,
+        prompt: str | list[str],
+        seeds: Iterable[int] | None = None,
+        reduce: str = "mean",
+        height: int | None = None,
+        width: int | None = None,
+        guidance_scale: float | None = None,
+        negative_prompt: str | list[str] | None = None,
+        batch_size: int = 16,
+    ) -> ExportedSchedule:
+        """The policy's schedules as the `sigmas=` a stock diffusers call takes, so a learned schedule runs
+        without this library.
 
-@contextlib.contextmanager
-def _seeded(generator: torch.Generator | list[torch.Generator] | None, device: torch.device):
-    """Run the block with the global RNG seeded from `generator` (Dirichlet sampling takes no generator), and
-    restore the global RNG state afterwards. Without a generator the global RNG is used as is."""
+        Each (prompt, seed) pair is one instance: its noise is what ``pipe(prompt,
+        generator=torch.Generator().manual_seed(seed))`` draws, and its schedule the policy's mode for that
+        noise and prompt. ``reduce="none"`` returns every instance's schedule (call the stock pipeline with the
+        same prompt, generator and ``sigmas=exported.sigmas[i]``); ``reduce="mean"`` one global schedule, the
+        instances' times averaged (a mean of decreasing schedules is decreasing), with their spread
+        (`times_std`) to show how much is lost by using one schedule for every instance.
+
+        Args:
+            prompt (`str` or `list[str]`): the prompts.
+            seeds (iterable of `int`, *optional*): one noise seed per prompt; default 0, 1, 2, ...
+            reduce (`str`): `"mean"` (global) or `"none"` (per instance).
+            height, width, guidance_scale, negative_prompt: as in [`__call__`] (the sigmas depend on the image
+                size for Flux).
+            batch_size (`int`): prompts per policy forward.
+
+        Returns:
+            [`ExportedSchedule`].
+        """
+        if reduce not in ("mean", "none"):
+            raise ValueError(
+                f"reduce={reduce!r}: pass 'mean' (one global schedule) or 'none' (per instance)."
+            )
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"`prompt` must be a string or a non-empty list of strings, got {prompt!r}.")
+        seeds = list(range(len(prompts))) if seeds is None else [int(seed) for seed in seeds]
+        if len(seeds) != len(prompts):
+            raise ValueError(f"Got {len(seeds)} seeds for {len(prompts)} prompts; pass one seed per prompt.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be an int >= 1.")
+        sampler = self.sampler.resized(height, width)
+        encode_kwargs: dict[str, Any] = {}
+        if guidance_scale is not None:
+            encode_kwargs["guidance_scale"] = guidance_scale
+        if negative_prompt is not None:
+            encode_kwargs["negative_prompt"] = negative_prompt
+        times = []
+        for start in range(0, len(prompts), batch_size):
+            rows = slice(start, start + batch_size)
+            contexts = make_contexts(sampler, prompts[rows], noise_seeds=seeds[rows], **encode_kwargs)
+            tau = mode_schedule(policy_concentrations(self.policy, sampler, contexts))
+            times.append(schedule_times(tau, sampler).double().cpu())
+        times = torch.cat(times)
+        common = dict(num_inference_steps=self.num_steps, family=sampler.family, height=sampler.height,
+                      width=sampler.width)  # fmt: skip
+        if reduce == "none":
+            return ExportedSchedule(
+                sigmas=[sampler.pipeline_sigmas(row) for row in times],
+                times=times,
+                times_std=None,
+                stopping_margin=times[:, -1].tolist(),
+                **common,
+            )
+        mean = times.mean(dim=0)
+        std = times.std(dim=0, correction=0) if times.shape[0] > 1 else torch.zeros_like(mean)
+        return ExportedSchedule(
+            sigmas=sampler.pipeline_sigmas(mean),
+            times=mean,
+            times_std=std,
+            stopping_margin=float(mean[-1]),
+            **common,
+        )
+
+
+def _draw_seed(generator: torch.Generator | list[torch.Generator] | None) -> int | None:
+    """The seed of the schedule draws: the next number from `generator` (the first one of a list), or None
+    (the global RNG as it is) without one. Dirichlet sampling takes no generator."""
     if isinstance(generator, list):
         generator = generator[0] if generator else None
     if generator is None:
-        yield
-        return
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
-        torch.manual_seed(seed)
-        yield
+        return None
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
 
 
 def _postprocess(images: torch.Tensor, output_type: str) -> Any:
