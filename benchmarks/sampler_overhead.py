@@ -35,8 +35,8 @@ import torch
 
 from trl_schedule.policy import DirichletSchedulePolicy, DirichletSchedulePolicyConfig
 from trl_schedule.samplers import sampler_for
-from trl_schedule.samplers.tiny import tiny_pipeline
 from trl_schedule.schedules import MIN_INTERVAL, clamp_intervals, eval_times
+from trl_schedule.testing import tiny_pipeline
 
 # Published configs (config.json of each model's denoiser on the Hub), copied here so nothing is downloaded.
 FULL_CONFIGS = {
@@ -296,7 +296,7 @@ def run(args) -> list[dict]:
         for batch, steps in cells(args):
             gen = torch.Generator(device="cpu").manual_seed(0)
             torch.manual_seed(0)
-            x_T = sampler.initial_noise(batch, generator=gen, height=size, width=size)
+            x_T = sampler.initial_noise(batch, generator=gen)
             cond = random_conditioning(sampler, family, batch, full_size=not args.tiny)
             bare = bare_call(sampler, family, x_T, cond)
             if batch not in warm:  # one cheap L=1 pass of each path per batch size (kernels, allocator)
@@ -305,10 +305,11 @@ def run(args) -> list[dict]:
                 sampler.denoise(x_T, cond, per_row_times(batch, 1, device))
                 pipeline_call(sampler, family, x_T, cond, 1)()
             if policy is None or policy.config.num_steps != steps:
+                # the text widths of the (random, full-size) conditioning, not of the tiny encoders
                 text_dim, pooled_dim = cond.text_states.shape[2], cond.pooled.shape[1]
                 config = DirichletSchedulePolicyConfig(
                     num_steps=steps,
-                    latent_channels=sampler.policy_inputs(x_T, cond)["latents"].shape[1],
+                    latent_channels=sampler.policy_input_dims()["latent_channels"],
                     text_dim=text_dim,
                     pooled_dim=pooled_dim,
                     **(

@@ -51,7 +51,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,15 +101,18 @@ _WORLD: dict[str, Any] = {}
 def world(device: str, num_test: int) -> dict[str, Any]:
     """The testbed pipeline, sampler, reward and prompt sets, built once per process."""
     if not _WORLD:
+        from trl_schedule.rewards import WeightedRewards
         from trl_schedule.samplers import sampler_for
         from trl_schedule.testbed import TestbedReward, load_testbed_pipeline, make_prompt_datasets
 
         pipe = load_testbed_pipeline(device=device)
         splits = make_prompt_datasets(num_train=2048, num_test=num_test, seed=0)
+        reward = TestbedReward()
         _WORLD.update(
             pipe=pipe,
             sampler=sampler_for(pipe),
-            reward=TestbedReward(),
+            reward=reward,
+            rewards=WeightedRewards(reward),
             train=splits["train"].select_columns(["prompt"]),
             test_prompts=list(splits["test"]["prompt"]),
             test_types=list(splits["test"]["prompt_type"]),
@@ -129,36 +131,15 @@ def fixed_times(name: str, num_steps: int, sampler) -> torch.Tensor:
     return eval_times(tau).float()
 
 
-@torch.no_grad()
-def evaluate(w: dict[str, Any], seed: int, times_for: Callable, batch_size: int = 256) -> list[float]:
-    """Reward of every held-out prompt, prompt i with the noise seeded ``EVAL_SEED + 1000 seed + i``.
+def evaluate(w: dict[str, Any], seed: int, schedule, batch_size: int = 256) -> list[float]:
+    """Reward of every held-out prompt under `schedule` (fixed times `(L+1,)` or a function of the contexts,
+    `trl_schedule.rollout.ScheduleSource`), prompt i with the noise seeded ``EVAL_SEED + 1000 seed + i``."""
+    from trl_schedule.rollout import evaluate_schedules
 
-    `times_for(x_T, cond)` gives the `(m, L+1)` schedule of a chunk (a fixed one, or a policy's mode).
-    """
-    sampler, prompts = w["sampler"], w["test_prompts"]
-    rewards: list[float] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        cond = sampler.encode(chunk)
-        generators = [
-            torch.Generator().manual_seed(EVAL_SEED + 1000 * seed + start + i) for i in range(len(chunk))
-        ]
-        x_T = sampler.initial_noise(len(chunk), generator=generators)
-        times = times_for(x_T, cond).to(device=sampler.device, dtype=torch.float32)
-        images = sampler.decode(sampler.denoise(x_T, cond, times))
-        rewards += w["reward"](images, chunk).float().cpu().tolist()
-    return rewards
-
-
-def policy_mode_times(policy, sampler) -> Callable:
-    """`times_for` of a policy's deterministic schedule (its Dirichlet mode), for :func:`evaluate`."""
-    from trl_schedule.schedules import clamp_intervals, eval_times
-
-    def times_for(x_T, cond):
-        concentrations = policy(**sampler.policy_inputs(x_T, cond))
-        return eval_times(clamp_intervals(policy.mode(concentrations)))
-
-    return times_for
+    prompts = w["test_prompts"]
+    seeds = [EVAL_SEED + 1000 * seed + i for i in range(len(prompts))]
+    result = evaluate_schedules(w["sampler"], prompts, seeds, {"row": schedule}, w["rewards"], batch_size)
+    return result.rewards["row"].tolist()
 
 
 def make_trainer(w: dict[str, Any], num_steps: int, seed: int, opts: dict[str, Any], overrides: dict[str, Any],
@@ -239,6 +220,8 @@ def run_job(job: tuple, opts: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _run_job(job: tuple, opts: dict[str, Any]) -> dict[str, Any]:
+    from trl_schedule.rollout import make_contexts, policy_mode_times
+
     torch.set_num_threads(opts["threads"])
     kind, row, num_steps, seed = job
     w = world(opts["device"], opts["num_test"])
@@ -246,10 +229,7 @@ def _run_job(job: tuple, opts: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"kind": kind, "row": row, "L": num_steps, "seed": seed}
     if kind == "fixed":
         result["rewards"] = {
-            name: evaluate(
-                w, seed, lambda x, c, n=name: fixed_times(n, num_steps, w["sampler"]).expand(x.shape[0], -1)
-            )
-            for name in FIXED
+            name: evaluate(w, seed, fixed_times(name, num_steps, w["sampler"])) for name in FIXED
         }
     else:
         trainer = make_trainer(w, num_steps, seed, opts, TRAINED[row])
@@ -259,9 +239,9 @@ def _run_job(job: tuple, opts: dict[str, Any]) -> dict[str, Any]:
         result["curve"] = [(e["step"], e["reward"]) for e in trainer.state.log_history if "reward" in e]
         with torch.no_grad():
             m = min(64, len(w["test_prompts"]))
-            x_T = w["sampler"].initial_noise(m, generator=torch.Generator().manual_seed(EVAL_SEED))
-            cond = w["sampler"].encode(w["test_prompts"][:m])
-            times = policy_mode_times(policy, w["sampler"])(x_T, cond).cpu()
+            generator = torch.Generator().manual_seed(EVAL_SEED)
+            contexts = make_contexts(w["sampler"], w["test_prompts"][:m], generator=generator)
+            times = policy_mode_times(policy, w["sampler"])(contexts).cpu()
         result["learned_times_mean"] = times.mean(0).tolist()
         result["learned_times_std"] = times.std(0).tolist()
         del trainer, policy
@@ -317,21 +297,17 @@ def part_runs(opts: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def rollouts(w, policy, prompts, x_T, k: int, generator: torch.Generator):
-    """K schedules per context from the policy; returns rewards `(B*K,)`, the policy inputs, tau `(B*K, L+1)`."""
-    from trl_schedule.policy import DirichletSchedulePolicy
-    from trl_schedule.schedules import eval_times
+    """K schedules per context from the policy (one seed for the batch, drawn from `generator`), through the
+    rollout chain; returns rewards `(B*K,)`, the policy inputs, tau `(B*K, L+1)`."""
+    from trl_schedule.rollout import Contexts, render, sample_schedules, schedule_times
 
     sampler = w["sampler"]
-    cond = sampler.encode(prompts)
-    inputs = sampler.policy_inputs(x_T, cond)
-    concentrations = policy(**inputs).repeat_interleave(k, dim=0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
-        tau, _ = DirichletSchedulePolicy.sample(concentrations)
-    times = eval_times(tau).to(device=sampler.device, dtype=torch.float32)
-    images = sampler.decode(sampler.denoise(x_T.repeat_interleave(k, 0), cond.repeat_interleave(k), times))
-    rewards = w["reward"](images, [p for p in prompts for _ in range(k)]).double().cpu()
-    return rewards, inputs, tau
+    contexts = Contexts(prompts=list(prompts), cond=sampler.encode(prompts), x_T=x_T)
+    inputs = sampler.policy_inputs(x_T, contexts.cond)
+    tau = sample_schedules(policy(**inputs), int(torch.randint(2**62, (), generator=generator)), k)
+    out = render(sampler, x_T.repeat_interleave(k, 0), contexts.cond.repeat_interleave(k),
+                 schedule_times(tau, sampler), [p for p in prompts for _ in range(k)], w["rewards"])  # fmt: skip
+    return out.rewards.double().cpu(), inputs, tau
 
 
 def measure(w, policy, step: int, opts: dict[str, Any]) -> dict[str, Any]:

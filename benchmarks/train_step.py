@@ -1,4 +1,4 @@
-"""What one real `ScheduleRLTrainer` step costs, and where the time goes (issue 6).
+"""What one real `ScheduleRLTrainer` step costs, and where the time goes.
 
 For each family (Flux-dev, SD3.5-medium, SDXL), resolution and number of steps L we build the real diffusers
 pipeline (`FluxPipeline`, `StableDiffusion3Pipeline`, `StableDiffusionXLPipeline`) from full-size parts with
@@ -14,7 +14,7 @@ callbacks around the Trainer's step, optimizer included). Then, in the same proc
   uses its guidance embedding) -- the physical minimum of the sampling phase;
 - **peak GPU memory** of the timed steps (`torch.cuda.max_memory_allocated`, reset after the warm-up).
 
-The issue's targets, printed per row: a step within 10% of sampling + decode + reward, and sampling within 3%
+The targets, printed per row: a step within 10% of sampling + decode + reward, and sampling within 3%
 of the floor. Parts:
 
 - denoisers: the published configs of `benchmarks/sampler_overhead.py` (`FULL_CONFIGS`), bf16 on the GPU;
@@ -22,7 +22,7 @@ of the floor. Parts:
   shift factors; SDXL: 4 channels), bf16;
 - text encoders: the real output widths (T5 d_model 4096, CLIP-L 768, CLIP-G 1280; SDXL context 2048) but ONE
   layer each and byte/character-level tokenizers built in code: their cost (`encode`) is not part of the
-  issue's breakdown and is a lower bound of the real encoders';
+  breakdown and is a lower bound of the real encoders';
 - reward: an HPSv2-sized CLIP ViT-H/14 image tower (random weights, bf16) scoring the cosine similarity of its
   image embedding with a fixed random embedding per prompt.
 
@@ -215,7 +215,7 @@ def full_size_pipeline(family: str, device: torch.device, dtype: torch.dtype, se
 
     Denoiser: `sampler_overhead.FULL_CONFIGS[family]` (the published config). VAE: `VAE_CONFIGS[family]`. Text
     encoders: the real output widths with one layer each and the byte-level tokenizers of
-    `trl_schedule.samplers.tiny`. Scheduler: the published scheduler config (as the tiny pipelines carry it).
+    `trl_schedule.testing`. Scheduler: the published scheduler config (as the tiny pipelines carry it).
 
     Returns:
         `FluxPipeline`, `StableDiffusion3Pipeline` or `StableDiffusionXLPipeline`, every module frozen.
@@ -223,7 +223,7 @@ def full_size_pipeline(family: str, device: torch.device, dtype: torch.dtype, se
     import diffusers
     from diffusers import AutoencoderKL
 
-    from trl_schedule.samplers.tiny import tiny_clip_tokenizer, tiny_pipeline, tiny_t5_tokenizer
+    from trl_schedule.testing import tiny_clip_tokenizer, tiny_pipeline, tiny_t5_tokenizer
 
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is not one of {FAMILIES}.")
@@ -429,14 +429,14 @@ def time_estimator(estimator, n_contexts: int, k: int, device: torch.device, rep
 
 
 def _rollout_batch(sampler, n: int, num_steps: int, seed: int):
-    """x_T, cond and distinct per-row times `(n, L+1)` for `n` rollouts, as the trainer builds them."""
-    from trl_schedule.schedules import MIN_INTERVAL, clamp_intervals, eval_times
+    """x_T, cond and distinct per-row times `(n, L+1)` for `n` rollouts, through the trainer's rollout chain
+    (`trl_schedule.rollout`), schedules drawn from a flat Dirichlet."""
+    from trl_schedule.rollout import make_contexts, sample_schedules, schedule_times
 
-    x_T = sampler.initial_noise(n, generator=torch.Generator().manual_seed(seed))
-    cond = sampler.encode([f"a photo of object {i}" for i in range(n)])
-    tau = torch.distributions.Dirichlet(torch.ones(num_steps + 1)).sample((n,))
-    times = eval_times(clamp_intervals(tau, MIN_INTERVAL)).to(sampler.device, torch.float32)
-    return x_T, cond, times
+    prompts = [f"a photo of object {i}" for i in range(n)]
+    contexts = make_contexts(sampler, prompts, generator=torch.Generator().manual_seed(seed))
+    tau = sample_schedules(torch.ones(n, num_steps + 1), seed)
+    return contexts.x_T, contexts.cond, schedule_times(tau, sampler)
 
 
 def time_floor(sampler, family: str, n: int, num_steps: int, repeats: int, seed: int) -> float:
@@ -508,11 +508,11 @@ def compiled_vs_eager(sampler, n: int, num_steps: int, seed: int) -> float:
 _OOM_STAGES = {  # function in the traceback -> the phase of the step it belongs to (deepest wins)
     "encode": "encode",
     "policy_inputs": "encode",
+    "render": "reward",  # the deepest frame of a reward's error; denoise and decode frames lie deeper
     "denoise": "sampling",
-    "flow_match_cfg_denoise": "sampling",
+    "velocity": "sampling",
     "decode": "decode",
-    "_vae_decode": "decode",
-    "_compute_rewards": "reward",
+    "vae_decode": "decode",
     "compute_loss": "update",
     "backward": "update",
     "step": "update",
@@ -585,24 +585,14 @@ def _config(
 
 
 def _tiny_policy(family: str, pipe, resolution: int, num_steps: int):
-    """A ~10k-parameter policy whose input widths are read from the tiny pipeline's sampler."""
+    """A ~10k-parameter policy sized for the tiny pipeline's sampler."""
     from trl_schedule.policy import DirichletSchedulePolicyConfig
     from trl_schedule.samplers import sampler_for
 
     kwargs = {} if family == "sdxl" else {"max_sequence_length": 16}
     sampler = sampler_for(pipe, height=resolution, width=resolution, **kwargs)
-    with torch.no_grad():
-        cond = sampler.encode(["a photo"])
-        inputs = sampler.policy_inputs(sampler.initial_noise(1, generator=torch.Generator()), cond)
-    return DirichletSchedulePolicyConfig(
-        num_steps=num_steps,
-        latent_channels=inputs["latents"].shape[1],
-        text_dim=inputs["text_states"].shape[-1],
-        pooled_dim=None if inputs["pooled"] is None else inputs["pooled"].shape[-1],
-        channels=(8, 16),
-        text_hidden=16,
-        head_hidden=16,
-        num_attention_heads=2,
+    return DirichletSchedulePolicyConfig.for_sampler(
+        sampler, num_steps, channels=(8, 16), text_hidden=16, head_hidden=16, num_attention_heads=2
     )
 
 
@@ -676,7 +666,7 @@ def run_cell(
 
 
 def derive(row: dict) -> dict:
-    """Add the ratios and the issue's targets to a measured row (in place; also returns it)."""
+    """Add the ratios and the targets to a measured row (in place; also returns it)."""
     n = row["B"] * row["K"]
     busy = row["sampling"] + row["decode"] + row["reward"]
     row["rollouts_per_s"] = n / row["step"]
@@ -743,7 +733,7 @@ def _header(args, device: torch.device, dtype: torch.dtype) -> list[str]:
         if args.tiny
         else "full-size denoisers (published configs) and VAEs (published `AutoencoderKL` configs), random "
         "weights; text encoders with the real output widths (T5 4096, CLIP-L 768, CLIP-G 1280) but ONE "
-        "layer each, so `encode` is a lower bound and not part of the issue's breakdown; default-size "
+        "layer each, so `encode` is a lower bound and not part of the breakdown; default-size "
         "policy; reward = HPSv2-sized CLIP ViT-H/14 image tower (random, bf16) at 224 px"
     )
     when = datetime.datetime.now(datetime.timezone.utc)
@@ -763,7 +753,7 @@ def _header(args, device: torch.device, dtype: torch.dtype) -> list[str]:
         "forwards on the same B*K rollouts (CFG batch doubled for SD3/SDXL; Flux-dev uses its guidance "
         "embedding); "
         "peak = `torch.cuda.max_memory_allocated` over the timed steps.",
-        f"- targets (issue 6): step <= {STEP_TARGET:.2f} x (sampling + decode + reward); sampling <= "
+        f"- targets: step <= {STEP_TARGET:.2f} x (sampling + decode + reward); sampling <= "
         f"{FLOOR_TARGET:.2f} x floor.",
         "",
         *TABLE_HEADER,
@@ -808,7 +798,7 @@ def compile_table(rows: list[dict], compile_kwargs: dict | None) -> list[str]:
 
 def run(args) -> list[dict]:
     """Measure every (family, resolution, L) cell, writing the table row by row. Returns the rows."""
-    from trl_schedule.samplers.tiny import tiny_pipeline
+    from trl_schedule.testing import tiny_pipeline
 
     start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")

@@ -69,10 +69,9 @@ from trl_schedule.policy import DirichletSchedulePolicyConfig
 from trl_schedule.prompts import load_prompt_dataset
 from trl_schedule.rewards import HPSV2_CHECKPOINTS, CLIPScoreReward, HPSv2Reward
 from trl_schedule.samplers import sampler_for
-from trl_schedule.samplers.tiny import TINY_FAMILIES, TINY_IMAGE_SIZE, tiny_pipeline
 from trl_schedule.schedule_rl_config import ScheduleRLConfig
 from trl_schedule.schedule_rl_trainer import ScheduleRLTrainer
-from trl_schedule.schedules import times_to_tau
+from trl_schedule.testing import TINY_FAMILIES, TINY_IMAGE_SIZE, tiny_pipeline
 
 REWARD_NAMES = ("hpsv2:<checkpoint>", "clip:<model>", "testbed", "brightness")
 TESTBED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "testbed.yaml")
@@ -323,25 +322,14 @@ def load_pipeline(script_args: ScheduleScriptArguments, training_args: ScheduleR
 def testbed_policy_config(pipe: Any, training_args: ScheduleRLConfig) -> DirichletSchedulePolicyConfig:
     """A small policy (~0.4M parameters) for the 32x32 testbed, starting at the pipeline's default schedule
     (`policy_init`); the ~20M default is sized for 128x128x16 Flux latents."""
-    sampler = sampler_for(pipe)
-    inputs = sampler.policy_inputs(
-        sampler.initial_noise(1, generator=torch.Generator().manual_seed(0)), sampler.encode(["a photo"])
-    )
-    init_schedule = None
-    if training_args.policy_init == "default":
-        times = sampler.default_times(training_args.num_steps)
-        init_schedule = times_to_tau(torch.cat([times, times.new_zeros(1)])).tolist()
-    return DirichletSchedulePolicyConfig(
-        num_steps=training_args.num_steps,
-        latent_channels=inputs["latents"].shape[1],
-        text_dim=inputs["text_states"].shape[-1],
-        pooled_dim=inputs["pooled"].shape[-1],
+    return DirichletSchedulePolicyConfig.for_sampler(
+        sampler_for(pipe),
+        training_args.num_steps,
+        init=training_args.policy_init,
         channels=(32, 64, 128),
         text_hidden=64,
         head_hidden=128,
         num_attention_heads=4,
-        init=training_args.policy_init,
-        init_schedule=init_schedule,
         init_concentration=training_args.init_concentration,
         inputs=training_args.policy_inputs,
     )
@@ -379,26 +367,16 @@ def write_summary(trainer: ScheduleRLTrainer, metrics: dict[str, float], seconds
 
 
 def tiny_policy_config(pipe: Any, training_args: ScheduleRLConfig) -> DirichletSchedulePolicyConfig:
-    """A tiny `DirichletSchedulePolicyConfig` (~10k parameters) whose input widths match `pipe`'s sampler.
-
-    The widths (latent channels, text width, pooled width) are read off one encoded prompt, so the policy fits
-    any pipeline; `ScheduleRLTrainer` builds the policy from it, seeded with `training_args.seed`.
-    """
+    """A tiny `DirichletSchedulePolicyConfig` (~10k parameters) sized for `pipe`'s sampler (the one the trainer
+    builds from `training_args`); `ScheduleRLTrainer` builds the policy from it, seeded with
+    `training_args.seed`."""
     names = ("height", "width", "guidance_scale", "max_sequence_length")
     kwargs = {
         name: getattr(training_args, name) for name in names if getattr(training_args, name) is not None
     }
-    sampler = sampler_for(pipe, **kwargs)
-    with torch.no_grad():
-        cond = sampler.encode(["a photo"])
-        x_T = sampler.initial_noise(1, generator=torch.Generator().manual_seed(0))
-        inputs = sampler.policy_inputs(x_T, cond)
-    pooled = inputs.get("pooled")
-    return DirichletSchedulePolicyConfig(
-        num_steps=training_args.num_steps,
-        latent_channels=inputs["latents"].shape[1],
-        text_dim=inputs["text_states"].shape[-1],
-        pooled_dim=None if pooled is None else pooled.shape[-1],
+    return DirichletSchedulePolicyConfig.for_sampler(
+        sampler_for(pipe, **kwargs),
+        training_args.num_steps,
         channels=(8, 16),
         text_hidden=16,
         num_attention_heads=2,

@@ -1,6 +1,5 @@
 """Smoke run of benchmarks/estimator_mse.py (cleanrl style: a subprocess) and checks of its loop reference."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,14 +11,6 @@ import torch
 from trl_schedule import CrossContextBaseline, JamesSteinBaseline, RLOOBaseline
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "estimator_mse.py"
-
-
-def _load_script():
-    if "estimator_mse_bench" not in sys.modules:  # dataclasses need the module registered while it loads
-        spec = importlib.util.spec_from_file_location("estimator_mse_bench", SCRIPT)
-        sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[spec.name])
-    return sys.modules["estimator_mse_bench"]
 
 
 def _table_row(text: str, B: int, K: int, ratio: str) -> list[str]:
@@ -69,8 +60,8 @@ def test_quick_run_writes_the_table(tmp_path):
     assert 0.9 < _value(row[4]) < 1.05
 
 
-def test_loop_reference_matches_the_estimators():
-    bench = _load_script()
+def test_loop_reference_matches_the_estimators(load_script):
+    bench = load_script("benchmarks/estimator_mse.py", "estimator_mse_bench")
     g = torch.Generator().manual_seed(0)
     group_ids = torch.tensor([5, 5, 1, 1, 1, 9, 9, 9, 9, 2, 2])  # ragged, unsorted ids
     rewards = torch.randn(group_ids.numel(), generator=g, dtype=torch.float64) + group_ids * 0.3
@@ -88,8 +79,8 @@ def test_loop_reference_matches_the_estimators():
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=name)
 
 
-def test_loop_reference_and_arguments_reject_bad_input():
-    bench = _load_script()
+def test_loop_reference_and_arguments_reject_bad_input(load_script):
+    bench = load_script("benchmarks/estimator_mse.py", "estimator_mse_bench")
     with pytest.raises(ValueError, match="NaN"):
         bench.loop_baselines([1.0, float("nan"), 2.0, 3.0, 4.0, 5.0], [0, 0, 1, 1, 2, 2], "rloo")
     with pytest.raises(ValueError, match="method"):
@@ -100,8 +91,8 @@ def test_loop_reference_and_arguments_reject_bad_input():
         bench.parse_args(["--group-sizes", "1"])
 
 
-def test_ratio_of_means_interval_covers_a_known_ratio():
-    bench = _load_script()
+def test_ratio_of_means_interval_covers_a_known_ratio(load_script):
+    bench = load_script("benchmarks/estimator_mse.py", "estimator_mse_bench")
     g = torch.Generator().manual_seed(0)
     y = torch.rand(4000, generator=g, dtype=torch.float64) + 1.0
     x = 0.5 * y + 0.05 * torch.randn(4000, generator=g, dtype=torch.float64)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,16 +9,9 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sampler_overhead.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("sampler_overhead", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("grid", ["full", "cross"])
-def test_tiny_run_writes_table(tmp_path, grid):
-    bench = _load()
+def test_tiny_run_writes_table(load_script, tmp_path, grid):
+    bench = load_script("benchmarks/sampler_overhead.py", "sampler_overhead")
     out = tmp_path / "overhead.md"
     rows = bench.main(
         [
@@ -52,12 +44,12 @@ def test_tiny_run_writes_table(tmp_path, grid):
     assert text.count("| tiny ") == 3 * cells
 
 
-def test_full_size_configs_are_the_published_sizes():
+def test_full_size_configs_are_the_published_sizes(load_script):
     """The configs copied from the hub build the published parameter counts (on the meta device, no memory)."""
     import torch
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
 
-    bench = _load()
+    bench = load_script("benchmarks/sampler_overhead.py", "sampler_overhead")
     expected = {
         "flux": (FluxTransformer2DModel, 11.9e9),
         "sd3": (SD3Transformer2DModel, 2.24e9),

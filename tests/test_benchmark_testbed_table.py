@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "testbed_table.py"
 
 
-def _load():
-    name = "testbed_table_under_test"
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    sys.modules[name] = module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_smoke_run_writes_raw_results_and_the_report(tmp_path):
-    bench = _load()
+def test_smoke_run_writes_raw_results_and_the_report(load_script, tmp_path):
+    bench = load_script("benchmarks/testbed_table.py", "testbed_table_under_test")
     raw, out = tmp_path / "raw", tmp_path / "table.md"
     bench.main(["--part", "all", "--smoke", "--raw_dir", str(raw), "--out", str(out)])
 
@@ -53,7 +43,13 @@ def test_smoke_run_writes_raw_results_and_the_report(tmp_path):
 
     # report: every row that ran, the paired gains, the curves figure
     text = out.read_text()
-    for row in ("| default |", "| shift 1/3 |", "| RLOO |", "| JS (paper) |", "| global schedule (no inputs) |"):
+    for row in (
+        "| default |",
+        "| shift 1/3 |",
+        "| RLOO |",
+        "| JS (paper) |",
+        "| global schedule (no inputs) |",
+    ):
         assert row in text
     assert "| uniform | 0.000 |" in text  # its paired gain over the default is exactly zero
     assert (tmp_path / "table_curves.png").stat().st_size > 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -16,13 +15,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:James-Stein baseline:UserWarning
 TIMINGS = ("step", "encode", "policy", "sampling", "decode", "reward", "estimator", "update", "floor")
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("train_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -34,10 +26,10 @@ def _table_rows(text: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
-def test_tiny_run_measures_every_family(tmp_path):
+def test_tiny_run_measures_every_family(load_script, tmp_path):
     """Real trainer steps on the three tiny pipelines: a row per family, consistent positive timings, the
     breakdown inside the step, the floor, the raw-number sidecar and one profiler trace per cell."""
-    bench = _load()
+    bench = load_script("benchmarks/train_step.py", "train_step")
     out = tmp_path / "train_step.md"
     rows = bench.main(
         [
@@ -86,10 +78,10 @@ def test_tiny_run_measures_every_family(tmp_path):
     assert json.loads(out.with_suffix(".json").read_text()) == json.loads(json.dumps(rows))
 
 
-def test_oom_cell_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+def test_oom_cell_is_recorded_and_the_run_goes_on(load_script, tmp_path, monkeypatch):
     """An out-of-memory error in one cell (here raised by the reward of the first step) becomes an "OOM in
     reward" row; the next family is still measured."""
-    bench = _load()
+    bench = load_script("benchmarks/train_step.py", "train_step")
 
     class OOMOnce:
         calls = 0
@@ -113,11 +105,11 @@ def test_oom_cell_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     assert "n/a" in table[1][-1]  # the floor target cannot be judged without a floor
 
 
-def test_compare_compile_measures_each_cell_eager_then_compiled(tmp_path):
+def test_compare_compile_measures_each_cell_eager_then_compiled(load_script, tmp_path):
     """`--compare_compile`: per cell an eager and a compiled row from the same run, the before/after table with
     their ratios and the compiled-vs-eager difference of the denoiser's output (0 with `aot_eager`), and the
     denoiser eager again after each compiled cell (the next eager row really is eager)."""
-    bench = _load()
+    bench = load_script("benchmarks/train_step.py", "train_step")
     out = tmp_path / "compile.md"
     argv = ["--tiny", "--families", "sd3", "--steps", "2", "3", "--floor_repeats", "0", "--compare_compile"]
     rows = bench.main([*argv, "--compile_kwargs", '{"backend": "aot_eager"}', "--out", str(out)])
@@ -143,8 +135,8 @@ def test_compare_compile_measures_each_cell_eager_then_compiled(tmp_path):
     torch._dynamo.reset()
 
 
-def test_deadline_skips_remaining_cells(tmp_path):
-    bench = _load()
+def test_deadline_skips_remaining_cells(load_script, tmp_path):
+    bench = load_script("benchmarks/train_step.py", "train_step")
     out = tmp_path / "late.md"
     rows = bench.main(
         ["--tiny", "--families", "flux", "sdxl", "--steps", "2", "3", "--deadline_s", "0", "--out", str(out)]
@@ -153,9 +145,9 @@ def test_deadline_skips_remaining_cells(tmp_path):
     assert len(_table_rows(out.read_text())) == 4
 
 
-def test_breakdown_and_targets_by_hand():
+def test_breakdown_and_targets_by_hand(load_script):
     """`summarise_steps` on hand-made timings (two timed steps), then `derive` and the printed targets."""
-    bench = _load()
+    bench = load_script("benchmarks/train_step.py", "train_step")
     logs = {
         step: dict(
             encode=0.1,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trl_schedule._diffusers_compat import dtype_kwarg
-from trl_schedule.samplers.tiny import tiny_pipeline
+from trl_schedule.testing import tiny_pipeline
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,21 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _rloo_two_process import prompt_texts, save_tiny_lm
 from safetensors.torch import load_file
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _rloo_two_process import prompt_texts, save_tiny_lm  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 RECIPE = ROOT / "recipes" / "rloo_js_llm.py"
-
-
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("rloo_js_llm", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def _write_dataset(path: Path) -> Path:
@@ -33,8 +22,8 @@ def _write_dataset(path: Path) -> Path:
     return path
 
 
-def test_rewards_and_dataset_loading(tmp_path):
-    recipe = _load_recipe()
+def test_rewards_and_dataset_loading(load_script, tmp_path):
+    recipe = load_script("recipes/rloo_js_llm.py", "rloo_js_llm")
     assert recipe.make_reward("length")(completions=["w1 w2 w3", ""]) == [3.0, 0.0]
     contains = recipe.make_reward("contains:w7")
     assert contains(completions=["w1 w7", "w1", [{"role": "assistant", "content": "w7"}]]) == [1.0, 0.0, 1.0]

@@ -3,7 +3,6 @@ and the accelerate configs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -28,21 +27,9 @@ PAPER_CONFIGS = {
 PROMPTS = [f"a photo of object {i}" for i in range(8)]
 
 
-def _load_recipe():
-    if (
-        str(RECIPES) not in sys.path
-    ):  # the recipe imports its sibling recipes/rloo_js_llm.py, as a script does
-        sys.path.insert(0, str(RECIPES))
-    spec = importlib.util.spec_from_file_location("train_schedule", RECIPES / "train_schedule.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def recipe():
-    return _load_recipe()
+def recipe(load_script):
+    return load_script("recipes/train_schedule.py")
 
 
 def _write_jsonl(path: Path, prompts: list[str]) -> Path:
@@ -63,7 +50,7 @@ def _save_tiny_sdxl_lora(directory: Path) -> dict[str, torch.Tensor]:
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from trl_schedule.samplers.tiny import tiny_pipeline
+    from trl_schedule.testing import tiny_pipeline
 
     unet = tiny_pipeline("sdxl").unet
     torch.manual_seed(0)
@@ -220,7 +207,7 @@ def test_rewards_and_script_argument_errors(recipe):
 def test_load_pipeline_from_a_saved_directory_with_a_lora(recipe, tmp_path):
     """`--model_name_or_path DIR --lora_path LORA`: the recipe loads the pipeline itself, in
     `--torch_dtype`, and loads the LoRA into it."""
-    from trl_schedule.samplers.tiny import tiny_pipeline
+    from trl_schedule.testing import tiny_pipeline
 
     tiny_pipeline("sdxl").save_pretrained(tmp_path / "pipe")
     lora_b = _save_tiny_sdxl_lora(tmp_path / "lora")
@@ -316,6 +303,8 @@ def test_embedded_default_main_job(recipe, tmp_path, monkeypatch):
     assert summary["L"] == 2 and summary["train_steps"] == 2 and summary["seconds"] > 0
     for key in ("reward_default", "reward_uniform", "reward_learned"):
         assert 0.0 <= summary[key] <= 1.0, key
-    assert summary["reward_default"] == pytest.approx(summary["reward_uniform"])  # the testbed's default is uniform
+    assert summary["reward_default"] == pytest.approx(
+        summary["reward_uniform"]
+    )  # the testbed's default is uniform
     assert (out / "eval" / "step_000002_default_uniform_learned.png").exists()
     assert (out / "eval" / "step_000002_schedules.png").exists()

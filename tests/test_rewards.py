@@ -25,7 +25,7 @@ from trl_schedule.rewards import (
     clip_preprocess,
     combine_rewards,
 )
-from trl_schedule.samplers.tiny import tiny_clip_tokenizer
+from trl_schedule.testing import tiny_clip_tokenizer
 
 PROMPTS = ["a red cube", "a photo of a cat", "blue sky", "x"]
 
@@ -352,7 +352,9 @@ def test_hpsv2_missing_checkpoint_names_path_and_source(tmp_path):
     missing = tmp_path / "nowhere.pt"
     with pytest.raises(FileNotFoundError, match=r"nowhere\.pt.*HPS_v2\.1_compressed\.pt.*xswu/HPSv2"):
         HPSv2Reward(missing)
-    with pytest.raises(FileNotFoundError, match=r"HPS_v2_compressed\.pt"):  # a directory without the v2.0 file
+    with pytest.raises(
+        FileNotFoundError, match=r"HPS_v2_compressed\.pt"
+    ):  # a directory without the v2.0 file
         HPSv2Reward(tmp_path, version="v2.0")
     with pytest.raises(ValueError, match=r"version='v3'.*v2\.1"):
         HPSv2Reward(missing, version="v3")

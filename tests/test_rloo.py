@@ -13,13 +13,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _rloo_two_process import build_tiny_lm, save_tiny_lm, target_reward, tiny_prompt_dataset
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from trl_schedule.estimators import JamesSteinBaseline, RLOOBaseline
 from trl_schedule.rloo import JSGRPOTrainer, JSRLOOTrainer, contiguous_group_ids
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _rloo_two_process import build_tiny_lm, save_tiny_lm, target_reward, tiny_prompt_dataset  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 NUM_GENERATIONS = 2

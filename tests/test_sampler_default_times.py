@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from trl_schedule.samplers import sampler_for
-from trl_schedule.samplers.tiny import tiny_pipeline
 from trl_schedule.schedules import eval_times, flow_match_default_schedule, sdxl_default_times
 from trl_schedule.testbed.model import build_testbed_pipeline
+from trl_schedule.testing import tiny_pipeline
 
 
 @pytest.mark.parametrize("num_steps", [1, 2, 5])
