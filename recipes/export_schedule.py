@@ -25,7 +25,9 @@ python recipes/export_schedule.py --policy flux-schedule --model_name_or_path bl
 ```
 
 Writes `--output` (default `<policy>/exported_schedule.json`): family, image size, L, the sigmas, the mean
-times and their spread, the stopping margin, the prompt source and the seeds.
+times and their spread, the stopping margin, the prompt source and the seeds. On the embedded testbed,
+`--evaluate true` also scores, on the same instances and noises, what the export keeps: the policy's own
+per-instance schedules, the exported global schedule as a stock call runs it, and the pipeline's default.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class ExportArguments:
         height, width, guidance_scale, max_sequence_length: sampler options (None: the sampler's defaults).
         torch_dtype (`str`): dtype the pipeline is loaded in.
         per_instance (`bool`): also write every instance's sigmas.
+        evaluate (`bool`): on the embedded testbed (its rule reward), also score the policy's per-instance
+            schedules, the exported global schedule (as the stock call runs it) and the default, paired.
         output (`str`, *optional*): the JSON file; default `<policy>/exported_schedule.json`.
     """
 
@@ -87,6 +91,12 @@ class ExportArguments:
         default="float32", metadata={"help": "Pipeline dtype.", "choices": list(_DTYPES)}
     )
     per_instance: bool = field(default=False, metadata={"help": "Also write every instance's sigmas."})
+    evaluate: bool = field(
+        default=False,
+        metadata={
+            "help": "Testbed only: score per-instance vs exported global vs default on the same noises."
+        },
+    )
     output: str | None = field(
         default=None, metadata={"help": "JSON file; default <policy>/exported_schedule.json."}
     )
@@ -103,6 +113,11 @@ class ExportArguments:
             raise ValueError(f"--tiny_family {self.tiny_family!r} is not one of {list(TINY_FAMILIES)}.")
         if self.torch_dtype not in _DTYPES:
             raise ValueError(f"--torch_dtype {self.torch_dtype!r} is not one of {list(_DTYPES)}.")
+        if self.evaluate and (self.tiny or self.model_name_or_path is not None):
+            raise ValueError(
+                "--evaluate needs a reward, and only the embedded testbed's rule reward is built in: drop "
+                "--evaluate, or export the testbed policy (no --model_name_or_path / --tiny)."
+            )
         if self.num_prompts < 1:
             raise ValueError(f"--num_prompts must be >= 1, got {self.num_prompts}.")
 
@@ -152,6 +167,28 @@ def sampler_options(args: ExportArguments) -> dict[str, Any]:
     return {name: value for name, value in options.items() if value is not None}
 
 
+def evaluate_export(scheduled: ScheduledPipeline, prompts: list[str], seeds: list[int], exported) -> dict:
+    """Mean testbed reward of the policy's per-instance schedules, the exported global schedule as a stock call
+    runs it, and the pipeline's default, on the same prompts and noises (the main job's evaluation)."""
+    from trl_schedule.rewards import WeightedRewards
+    from trl_schedule.rollout import evaluate_schedules, policy_mode_times
+    from trl_schedule.testbed import TestbedReward
+
+    sampler = scheduled.sampler
+    schedules = {
+        "per-instance (policy mode)": policy_mode_times(scheduled.policy, sampler),
+        "exported global (stock call)": exported.stock_times,
+        "pipeline default": sampler.default_times(exported.num_inference_steps),
+    }
+    rewards = evaluate_schedules(
+        sampler, prompts, seeds, schedules, WeightedRewards(TestbedReward()), 128
+    ).rewards
+    return {
+        "reward": {name: float(values.mean()) for name, values in rewards.items()},
+        "num_prompts": len(prompts),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse `argv` (default `sys.argv[1:]`), export, print and save the schedule; returns the saved dict."""
     (args,) = TrlParser((ExportArguments,)).parse_args_into_dataclasses(
@@ -169,6 +206,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     if args.per_instance:
         result["per_instance"] = scheduled.export_schedule(prompts, seeds=seeds, reduce="none").to_dict()
+    if args.evaluate:
+        result["evaluation"] = evaluate_export(scheduled, prompts, seeds, exported)
     output = args.output or os.path.join(args.policy, "exported_schedule.json")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as f:
@@ -183,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"stopping margin t_L: {exported.stopping_margin:.4g}")
     print(f"stock call: pipe(prompt, sigmas={[round(s, 6) for s in exported.sigmas]}, "
           f"num_inference_steps={exported.num_inference_steps})")  # fmt: skip
+    for name, value in result.get("evaluation", {}).get("reward", {}).items():
+        print(f"testbed reward, {name}: {value:.4f}")
     print(f"saved to {output}")
     return result
 

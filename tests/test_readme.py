@@ -19,6 +19,7 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     assert namespace["result"].images.shape == (1, 3, 32, 32)
     assert namespace["out"].advantages[5] == 0  # the NaN row
     assert namespace["trainer"].state.global_step == 2
+    assert namespace["stock"].shape == (1, 3, 32, 32) and len(namespace["exported"].sigmas) == 4
     assert (tmp_path / "outputs" / "readme" / "model.safetensors").exists()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from trl_schedule.schedules import eval_times
@@ -47,11 +48,26 @@ def test_embedded_default_exports_the_testbed_schedule(load_script, tmp_path, ca
         tmp_path
     )
     saved = export.main(
-        ["--policy", str(tmp_path), "--num_prompts", "4", "--output", str(tmp_path / "s.json")]
+        [
+            "--policy",
+            str(tmp_path),
+            "--num_prompts",
+            "4",
+            "--output",
+            str(tmp_path / "s.json"),
+            "--evaluate",
+            "true",
+        ]
     )
     assert saved["family"] == "testbed" and saved["prompts"] == "the testbed's held-out prompts"
     uniform = eval_times(torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0], dtype=torch.float64))
     torch.testing.assert_close(torch.tensor(saved["times"], dtype=torch.float64), uniform, rtol=0, atol=2e-3)
     assert max(saved["times_std"]) < 1e-6  # every instance at the same schedule
     assert saved["sigmas"] == saved["times"][:-1]
-    assert "saved to" in capsys.readouterr().out
+    rewards = saved["evaluation"]["reward"]
+    assert set(rewards) == {"per-instance (policy mode)", "exported global (stock call)", "pipeline default"}
+    assert all(0 <= value <= 1 for value in rewards.values())
+    printed = capsys.readouterr().out
+    assert "testbed reward, exported global (stock call)" in printed and "saved to" in printed
+    with pytest.raises(ValueError, match="--evaluate needs a reward"):
+        export.ExportArguments(policy=str(tmp_path), tiny=True, evaluate=True)

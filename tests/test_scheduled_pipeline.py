@@ -190,6 +190,12 @@ def _as_stock_runs(sampler, times: torch.Tensor) -> torch.Tensor:
     return torch.cat([times[..., :-1], torch.zeros_like(times[..., -1:])], dim=-1)
 
 
+def test_export_reports_the_times_a_stock_call_runs(scheduled):
+    exported = scheduled.export_schedule(PROMPTS, reduce="none")
+    torch.testing.assert_close(exported.stock_times, _as_stock_runs(scheduled.sampler, exported.times))
+    assert scheduled.export_schedule(PROMPTS).stock_times.shape == (L + 1,)
+
+
 def test_export_per_instance_round_trips_through_a_stock_call(scheduled):
     """exported.sigmas[i] in a stock `pipe(prompt_i, generator=seed_i, sigmas=...)` call generates what our
     sampler generates with that instance's schedule (the policy's mode) on the same noise."""

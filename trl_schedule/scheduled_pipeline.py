@@ -81,6 +81,8 @@ class ExportedSchedule:
             instances' times around `times` (their std over the prompt set; 0 = instance-independent).
         stopping_margin (`float` or `list[float]`): ``t_L``, where our sampler stops (Flux / SD3: a stock call
             goes on to 0).
+        stock_times (`torch.Tensor`, same shape as `times`): the times the stock call runs (Flux / SD3: `times`
+            with ``t_L`` replaced by 0; SDXL: `times`), for evaluating what the export keeps.
         family (`str`): the sampler family the sigmas are for.
         height, width (`int`): the image size they are for (Flux's shift depends on it).
     """
@@ -90,6 +92,7 @@ class ExportedSchedule:
     times: torch.Tensor
     times_std: torch.Tensor | None
     stopping_margin: float | list[float]
+    stock_times: torch.Tensor
     family: str
     height: int
     width: int
@@ -117,6 +120,7 @@ class ExportedSchedule:
             "times": self.times.tolist(),
             "times_std": None if self.times_std is None else self.times_std.tolist(),
             "stopping_margin": self.stopping_margin,
+            "stock_times": self.stock_times.tolist(),
         }
 
 
@@ -335,22 +339,34 @@ class ScheduledPipeline:
         common = dict(num_inference_steps=self.num_steps, family=sampler.family, height=sampler.height,
                       width=sampler.width)  # fmt: skip
         if reduce == "none":
+            sigmas = [sampler.pipeline_sigmas(row) for row in times]
             return ExportedSchedule(
-                sigmas=[sampler.pipeline_sigmas(row) for row in times],
+                sigmas=sigmas,
                 times=times,
                 times_std=None,
                 stopping_margin=times[:, -1].tolist(),
+                stock_times=_stock_times(times, len(sigmas[0])),
                 **common,
             )
         mean = times.mean(dim=0)
         std = times.std(dim=0, correction=0) if times.shape[0] > 1 else torch.zeros_like(mean)
+        sigmas = sampler.pipeline_sigmas(mean)
         return ExportedSchedule(
-            sigmas=sampler.pipeline_sigmas(mean),
+            sigmas=sigmas,
             times=mean,
             times_std=std,
             stopping_margin=float(mean[-1]),
+            stock_times=_stock_times(mean, len(sigmas)),
             **common,
         )
+
+
+def _stock_times(times: torch.Tensor, num_sigmas: int) -> torch.Tensor:
+    """The times a stock call with `num_sigmas` exported sigmas runs: L sigmas end at 0 (the scheduler appends
+    it), L+1 end where the schedule ends."""
+    if num_sigmas == times.shape[-1]:
+        return times.clone()
+    return torch.cat([times[..., :-1], torch.zeros_like(times[..., -1:])], dim=-1)
 
 
 def _draw_seed(generator: torch.Generator | list[torch.Generator] | None) -> int | None:
