@@ -238,6 +238,7 @@ def test_save_model_round_trip(pipes, tmp_path):
     assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in out.iterdir()}
     card = (out / "README.md").read_text()
     assert "ScheduledPipeline.from_pretrained" in card and "2511.22177" in card and "contrast" in card
+    assert "trl_schedule: 0.1.0" in card and "sdxl" in card
 
     loaded = DirichletSchedulePolicy.from_pretrained(out)
     trained = trainer.model.state_dict()

@@ -73,8 +73,6 @@ def write_model_card(
     """Render the card (with TRL's card metadata, `huggingface_hub.ModelCard`) to `output_dir/README.md`."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from . import __version__
-
     model_name = model_name or Path(output_dir).name
     card = ModelCard.from_template(
         ModelCardData(library_name="trl_schedule", model_name=model_name, tags=sorted(tags)),
@@ -91,7 +89,7 @@ def write_model_card(
         paper_title=paper["title"],
         paper_id=paper["id"],
         citation=paper["citation"],
-        trl_schedule_version=__version__,
+        trl_schedule_version=version("trl_schedule"),
         trl_version=version("trl"),
         diffusers_version=version("diffusers"),
         pytorch_version=version("torch"),
