@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,8 +21,11 @@ NAN = float("nan")
 # The naive reference: a plain Python loop over rows, written from the formulas in DESIGN.md §2, sharing no code
 # with trl_schedule.estimators.
 # ----------------------------------------------------------------------------------------------------------------
-def naive(rewards: list[float], groups: list[int], method: str) -> tuple[list[float], list[float]]:
-    """Returns (baselines, alphas) per row; NaN baseline for unscorable rows."""
+def naive(
+    rewards: list[float], groups: list[int], method: str
+) -> tuple[list[float], list[float], list[bool]]:
+    """Returns (baselines, alphas, has_baseline) per row; NaN baseline for unscorable rows. `has_baseline` is
+    False for unscorable rows and for rows that fall back to their own reward."""
     n = len(rewards)
     scorable = [i for i in range(n) if not math.isnan(rewards[i])]
     members: dict[int, list[float]] = {}
@@ -43,11 +47,12 @@ def naive(rewards: list[float], groups: list[int], method: str) -> tuple[list[fl
     else:
         delta2 = 0.0
 
-    baselines, alphas = [], []
+    baselines, alphas, has_baseline = [], [], []
     for i in range(n):
         if math.isnan(rewards[i]):
             baselines.append(NAN)
             alphas.append(NAN)
+            has_baseline.append(False)
             continue
         g = groups[i]
         own = members[g]
@@ -57,6 +62,7 @@ def naive(rewards: list[float], groups: list[int], method: str) -> tuple[list[fl
         if method == "rloo":
             baselines.append(b_rloo if b_rloo is not None else rewards[i])
             alphas.append(0.0)
+            has_baseline.append(b_rloo is not None)
             continue
         if method in ("cross_context", "paper"):
             rest = [rewards[j] for j in scorable if j != i]
@@ -64,6 +70,7 @@ def naive(rewards: list[float], groups: list[int], method: str) -> tuple[list[fl
         if method == "cross_context":
             baselines.append(b_x if b_x is not None else rewards[i])
             alphas.append(1.0)
+            has_baseline.append(b_x is not None)
             continue
         if method == "paper":
             if K == 1:
@@ -97,7 +104,8 @@ def naive(rewards: list[float], groups: list[int], method: str) -> tuple[list[fl
             b = (1 - a) * b_rloo + a * b_x if b_rloo is not None else b_x
         baselines.append(b)
         alphas.append(a)
-    return baselines, alphas
+        has_baseline.append(not (a == 1.0 and b_x is None))
+    return baselines, alphas, has_baseline
 
 
 ESTIMATORS = {
@@ -110,8 +118,9 @@ ESTIMATORS = {
 
 def assert_matches_naive(rewards, groups, method, dtype=torch.float64):
     out = ESTIMATORS[method](torch.tensor(rewards, dtype=dtype), torch.tensor(groups))
-    ref_b, ref_a = naive(rewards, groups, method)
+    ref_b, ref_a, ref_has = naive(rewards, groups, method)
     scorable = [not math.isnan(r) for r in rewards]
+    assert out.has_baseline.dtype == torch.bool and out.has_baseline.tolist() == ref_has, (method, rewards)
     tol = dict(rel=1e-9, abs=1e-9) if dtype == torch.float64 else dict(rel=1e-4, abs=1e-4)
     got_b = out.baselines.tolist()
     for i, ok in enumerate(scorable):
@@ -348,9 +357,111 @@ def test_dtypes(dtype):
     rewards = [0.1, 0.5, 0.9, 0.2, 0.4, 0.7, 0.3, 0.8]
     groups = [0, 0, 1, 1, 2, 2, 3, 3]
     out = JamesSteinBaseline()(torch.tensor(rewards, dtype=dtype), torch.tensor(groups))
-    assert out.advantages.dtype == dtype and out.alpha.dtype == dtype
+    assert out.advantages.dtype == dtype and out.alpha.dtype == dtype and out.baselines.dtype == dtype
+    assert out.sigma2.dtype == out.delta2.dtype == torch.float64  # the compute dtype, whatever the rewards'
     ref = JamesSteinBaseline()(torch.tensor(rewards, dtype=torch.float64), torch.tensor(groups))
     torch.testing.assert_close(out.advantages.double(), ref.advantages, rtol=2e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("variant", ["paper", "loo"])
+def test_large_float32_rewards_give_finite_statistics(variant):
+    # means 0, 1e30, 2e30; each group's squared deviations sum to 2 * (1e30)^2 -> sigma2 = 6e60 / 3 = 2e60
+    # m = 1e30; between = (1e60 + 0 + 1e60) / 2 = 1e60; noise = 2e60 / 2 = 1e60 -> delta2 = 0 (up to rounding)
+    # 2e60 overflows float32 (max ~3.4e38): the statistics must stay float64.
+    r = torch.tensor([1e30, -1e30, 2e30, 0.0, 1e30, 3e30], dtype=torch.float32)
+    g = torch.arange(3).repeat_interleave(2)
+    out = JamesSteinBaseline(variant)(r, g)
+    assert math.isfinite(out.sigma2.item()) and math.isfinite(out.delta2.item())
+    assert out.sigma2.dtype == out.delta2.dtype == torch.float64
+    assert out.sigma2.item() == pytest.approx(2e60, rel=1e-6)  # float32(1e30) = 1.0000000150e30
+    assert 0 <= out.delta2.item() <= 1e-12 * 2e60
+    # Per-row outputs stay float32, and match the float64 computation (the rewards are exact in float32).
+    ref = JamesSteinBaseline(variant)(r.double(), g)
+    assert out.advantages.dtype == out.alpha.dtype == out.baselines.dtype == torch.float32
+    assert torch.equal(out.sigma2, ref.sigma2) and torch.equal(out.delta2, ref.delta2)
+    torch.testing.assert_close(out.alpha, ref.alpha.float(), rtol=0, atol=0)
+    torch.testing.assert_close(out.advantages.double(), ref.advantages, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("method", list(ESTIMATORS))
+def test_rewards_whose_square_overflows_float64_are_refused(method):
+    # (1e160)^2 = 1e320 > float64 max ~1.8e308: sigma2 = inf, delta2 = inf - inf = NaN, alpha silently 0.
+    r = torch.tensor([1e160, -1e160, 2e160, 0.0, 1e160, 3e160], dtype=torch.float64)
+    g = torch.arange(3).repeat_interleave(2)
+    with pytest.raises(ValueError, match=r"magnitude 3e\+160: its square overflows float64.*[Rr]escale"):
+        ESTIMATORS[method](r, g)
+    with pytest.raises(ValueError, match=r"magnitude 1e\+151"):  # just above the limit, ~1.34e150
+        ESTIMATORS[method](
+            torch.tensor([1.0, NAN, -1e151, 0.0], dtype=torch.float64), torch.tensor([0, 0, 1, 1])
+        )
+
+
+def test_rewards_just_below_the_overflow_limit_are_exact_up_to_scale():
+    # |r| <= 1e150 passes: every squared deviation (<= 4e300) and their sums stay finite, and since alpha is a
+    # ratio of variances it equals the unscaled batch's.
+    r = torch.tensor([0.25, -0.5, 1.0, 0.0, -1.0, 0.75, NAN, 0.5], dtype=torch.float64)
+    g = torch.arange(4).repeat_interleave(2)
+    for variant in ("paper", "loo"):
+        small = JamesSteinBaseline(variant)(r, g)
+        big = JamesSteinBaseline(variant)(r * 1e150, g)
+        assert math.isfinite(big.sigma2.item()) and math.isfinite(big.delta2.item())
+        assert big.sigma2.item() == pytest.approx(small.sigma2.item() * 1e300, rel=1e-12)
+        torch.testing.assert_close(big.alpha, small.alpha, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(big.advantages / 1e150, small.advantages, rtol=1e-12, atol=1e-12)
+
+
+def test_integer_rewards_are_computed_in_float64():
+    # float32 rounds 2**24 + 1 to 2**24: the advantages of the first group would be [0, 0] instead of [-1, 1].
+    r = torch.tensor([2**24, 2**24 + 1, 0, 3, 7, 7, -5, 10], dtype=torch.int64)
+    g = torch.arange(4).repeat_interleave(2)
+    rloo = RLOOBaseline()(r, g)
+    assert rloo.advantages.tolist() == [-1.0, 1.0, -3.0, 3.0, 0.0, 0.0, -15.0, 15.0]
+    assert rloo.advantages.dtype == rloo.baselines.dtype == rloo.alpha.dtype == torch.float64
+    for est in ESTIMATORS.values():
+        out, ref = est(r, g), est(r.double(), g)
+        for name in ("baselines", "advantages", "alpha", "sigma2", "delta2"):
+            got, want = getattr(out, name), getattr(ref, name)
+            assert (got is None) == (want is None)
+            if got is not None:
+                assert got.dtype == torch.float64 and torch.equal(got, want), (est, name)
+
+
+def test_bool_rewards_are_computed_in_float64():
+    r = torch.tensor([True, False, True, True, False, False, True, False])
+    g = torch.arange(4).repeat_interleave(2)
+    for est in ESTIMATORS.values():
+        out, ref = est(r, g), est(r.double(), g)
+        assert out.advantages.dtype == torch.float64 and torch.equal(out.advantages, ref.advantages)
+    assert RLOOBaseline()(r, g).advantages.tolist() == [1.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0, -1.0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), method=st.sampled_from(list(ESTIMATORS)))
+def test_integer_rewards_match_float64_property(data, method):
+    values = data.draw(st.lists(st.integers(-(2**40), 2**40), min_size=1, max_size=16))
+    groups = torch.tensor(data.draw(st.lists(st.integers(0, 4), min_size=len(values), max_size=len(values))))
+    r = torch.tensor(values, dtype=torch.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out, ref = ESTIMATORS[method](r, groups), ESTIMATORS[method](r.double(), groups)
+    assert out.advantages.dtype == torch.float64
+    assert torch.equal(out.advantages, ref.advantages) and torch.equal(out.alpha, ref.alpha)
+
+
+def test_has_baseline_by_hand():
+    # group 0: {1, NaN} (K = 1), group 1: {0, 1}, group 2: {1, 0}
+    r = torch.tensor([1.0, NAN, 0.0, 1.0, 1.0, 0.0])
+    g = torch.arange(3).repeat_interleave(2)
+    # RLOO: the lone scorable row 0 has no leave-one-out baseline (falls back to its own reward)
+    assert RLOOBaseline()(r, g).has_baseline.tolist() == [False, False, True, True, True, True]
+    # James-Stein and cross-context: row 0 gets the cross-context baseline (alpha = 1), a real one
+    for est in (JamesSteinBaseline("paper"), JamesSteinBaseline("loo"), CrossContextBaseline()):
+        out = est(r, g)
+        assert out.has_baseline.tolist() == [True, False, True, True, True, True]
+        assert out.alpha[0].item() == 1.0 and out.advantages[0].item() != 0.0
+    # A batch with one scorable reward: nothing to compare with, for every estimator
+    for est in ESTIMATORS.values():
+        assert est(torch.tensor([NAN, 0.7]), torch.tensor([0, 0])).has_baseline.tolist() == [False, False]
 
 
 def test_no_grad_and_list_input():
@@ -419,3 +530,80 @@ def test_vectorised_at_scale():
         out32 = JamesSteinBaseline(variant)(rewards, groups)
         out64 = JamesSteinBaseline(variant)(rewards.double(), groups)
         torch.testing.assert_close(out32.advantages.double(), out64.advantages, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# check_estimator_output: the contract a trainer checks after each estimator call
+# ----------------------------------------------------------------------------------------------------------------
+CONTRACT = (
+    "an estimator is called as estimator(rewards (N,), group_ids (N,)) and returns an object with `.advantages` "
+    "of shape (N,) (finite, 0 for unscorable rows) and `.alpha` of shape (N,); see "
+    "trl_schedule.estimators.BaselineOutput"
+)
+
+
+def _my_estimator(rewards, group_ids):
+    return None
+
+
+class _Unnamed:
+    def __call__(self, rewards, group_ids):
+        return None
+
+
+def _output(**fields):
+    base = dict(advantages=torch.zeros(6), alpha=torch.zeros(6))
+    base.update(fields)
+    return SimpleNamespace(**{k: v for k, v in base.items() if v is not _MISSING})
+
+
+_MISSING = object()
+_NAN_ROWS = torch.tensor([0.0, NAN, 1.0, 0.0, float("inf"), 0.0])
+
+
+@pytest.mark.parametrize(
+    "out,match",
+    [
+        (torch.zeros(6), r"a plain tensor of shape \(6,\)"),
+        (_output(advantages=_MISSING), r"SimpleNamespace without `\.advantages`"),
+        (_output(advantages=[0.0] * 6), r"`\.advantages` of type list, not a torch\.Tensor"),
+        (_output(advantages=torch.zeros(6, 1)), r"`\.advantages` of shape \(6, 1\) for 6 rewards.*\(N, N\)"),
+        (_output(advantages=torch.zeros(5)), r"`\.advantages` of shape \(5,\) for 6 rewards"),
+        (_output(advantages=_NAN_ROWS), r"2 non-finite advantage\(s\) at row\(s\) 1, 4"),
+        (_output(alpha=_MISSING), r"SimpleNamespace without `\.alpha`"),
+        (_output(alpha=0.5), r"`\.alpha` of type float, not a torch\.Tensor"),
+        (_output(alpha=torch.zeros(())), r"`\.alpha` of shape \(\) for 6 rewards"),
+        (_output(has_baseline=torch.ones(6)), r"`\.has_baseline` as a torch\.float32 tensor of shape \(6,\)"),
+        (_output(has_baseline=torch.ones(3, dtype=torch.bool)), r"`\.has_baseline` as a torch\.bool tensor"),
+    ],
+)
+def test_check_estimator_output_refuses(out, match):
+    with pytest.raises(ValueError, match=r"Estimator 'james_stein_loo' returned " + match) as info:
+        E.check_estimator_output(out, 6, JamesSteinBaseline("loo"))
+    if "has_baseline" not in match:
+        assert CONTRACT in str(info.value)
+
+
+def test_check_estimator_output_names_the_estimator():
+    bad = _output(advantages=torch.zeros(6, 1))
+    for estimator, name in [
+        (RLOOBaseline(), "'rloo'"),
+        (_my_estimator, "'_my_estimator'"),
+        (lambda r, g: None, r"'test_check_estimator_output_names_the_estimator\.<locals>\.<lambda>'"),
+        (_Unnamed(), "'_Unnamed'"),
+    ]:
+        with pytest.raises(ValueError, match=f"Estimator {name} returned"):
+            E.check_estimator_output(bad, 6, estimator)
+
+
+def test_check_estimator_output_returns_valid_output_unchanged():
+    r = torch.tensor([1.0, NAN, 0.0, 1.0, 1.0, 0.0])
+    g = torch.arange(3).repeat_interleave(2)
+    for est in ESTIMATORS.values():
+        out = est(r, g)
+        assert E.check_estimator_output(out, 6, est) is out
+    custom = SimpleNamespace(advantages=torch.zeros(6, dtype=torch.float64), alpha=torch.full((6,), NAN))
+    assert E.check_estimator_output(custom, 6, _my_estimator) is custom  # NaN alpha is allowed (only logged)
+    empty = JamesSteinBaseline()(torch.tensor([]), torch.tensor([], dtype=torch.long))
+    assert E.check_estimator_output(empty, 0, JamesSteinBaseline()) is empty
+    assert "check_estimator_output" in E.__all__

@@ -5,6 +5,7 @@ processes agree on the gathered batch. Tiny Llama built in code, CPU, 2 steps, o
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +15,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from _rloo_two_process import build_tiny_lm, save_tiny_lm, target_reward, tiny_prompt_dataset
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+from trl.trainer.utils import nanstd
 
 from trl_schedule.estimators import JamesSteinBaseline, RLOOBaseline
 from trl_schedule.rloo import JSGRPOTrainer, JSRLOOTrainer, contiguous_group_ids
@@ -101,10 +105,23 @@ def test_contiguous_group_ids():
         contiguous_group_ids(6, 4)
 
 
-@pytest.mark.parametrize(("beta", "normalize_advantages"), [(0.0, False), (0.05, True)])
-def test_rloo_baseline_reproduces_trl_exactly(model_dir, tmp_path, monkeypatch, beta, normalize_advantages):
+def _first_row_unscorable(completions, **kwargs):
+    """`target_reward` with `None` for the first completion of the generation batch: its group (rows 0, 1) is
+    left with a single scorable completion, which TRL leaves out of `normalize_advantages`."""
+    return [None] + target_reward(completions)[1:]
+
+
+@pytest.mark.parametrize(
+    ("beta", "normalize_advantages", "reward_func"),
+    [(0.0, False, target_reward), (0.05, True, target_reward), (0.05, True, _first_row_unscorable)],
+    ids=["plain", "kl-normalized", "kl-normalized-unscorable-row"],
+)
+def test_rloo_baseline_reproduces_trl_exactly(
+    model_dir, tmp_path, monkeypatch, beta, normalize_advantages, reward_func
+):
     """With TRL's own baseline as the estimator, the swap must hand the loss exactly TRL's advantages; this
-    pins the reward rebuild (weights, KL penalty with beta != 0, normalize_advantages, process slice)."""
+    pins the reward rebuild (weights, KL penalty with beta != 0, normalize_advantages, process slice) and,
+    with an unscorable row, which rows `normalize_advantages` leaves out."""
     trl_advantages = []
     original = RLOOTrainer._generate_and_score_completions
 
@@ -117,7 +134,7 @@ def test_rloo_baseline_reproduces_trl_exactly(model_dir, tmp_path, monkeypatch, 
     args = _config(RLOOConfig, tmp_path, beta=beta, normalize_advantages=normalize_advantages)
     trainer = JSRLOOTrainer(
         model=model_dir,
-        reward_funcs=target_reward,
+        reward_funcs=reward_func,
         args=args,
         train_dataset=tiny_prompt_dataset(),
         estimator=RLOOBaseline(),
@@ -126,9 +143,12 @@ def test_rloo_baseline_reproduces_trl_exactly(model_dir, tmp_path, monkeypatch, 
     rec = _Recorder(trainer)
     trainer.train()
     assert len(rec.generated) == len(trl_advantages) == 2
-    for ours, theirs in zip(rec.generated, trl_advantages):
+    for rewards_per_func, ours, theirs in zip(rec.rewards_per_func, rec.generated, trl_advantages):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
         assert ours.abs().sum() > 0
+        if reward_func is _first_row_unscorable:
+            assert torch.isnan(rewards_per_func[:, 0]).tolist() == [True] + [False] * (BATCH - 1)
+            assert ours[0] == ours[1] == 0  # the unscorable row and its lone scorable sibling
     if beta != 0.0:
         assert any("kl" in log for log in trainer.state.log_history)
 
@@ -190,6 +210,167 @@ def test_unscorable_completions_get_zero_advantage(model_dir, tmp_path):
         rewards = _sequence_rewards(rewards_per_func)
         expected = JamesSteinBaseline()(rewards, torch.arange(rewards.numel()) // NUM_GENERATIONS)
         torch.testing.assert_close(generated, expected.advantages, rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The estimator-and-scaling path against TRL's own advantage block, on reward vectors with unscorable rows
+# ----------------------------------------------------------------------------------------------------------------
+def _trl_rloo_advantages(
+    rewards: torch.Tensor, num_generations: int, normalize_advantages: bool
+) -> torch.Tensor:
+    """TRL 1.16's RLOO advantages, transcribed line for line from trl/trainer/rloo_trainer.py,
+    `RLOOTrainer._generate_and_score_completions` (after the KL penalty; the `std_rewards` logging lines and
+    the process slice are left out). `rewards` (N,) has NaN for unscorable rows."""
+    grouped_rewards = rewards.view(-1, num_generations)
+    scorable_counts = (~torch.isnan(grouped_rewards)).sum(dim=1, keepdim=True)  # (num_prompts, 1)
+    grouped_sum = torch.nansum(grouped_rewards, dim=1, keepdim=True)  # (num_prompts, 1)
+    if num_generations > 1:
+        baselines = (grouped_sum - grouped_rewards) / (scorable_counts - 1)  # (num_prompts, num_generations)
+        baselines = baselines.view(-1)  # Flatten back to match rewards shape
+        advantages = rewards - baselines
+    else:  # this case doesn't occur during training, but could in eval when num_generations_eval=1
+        advantages = torch.zeros_like(rewards)
+
+    # Normalize advantages over the scorable subset only (unscorable advantages are still NaN here).
+    if normalize_advantages:
+        advantages = (advantages - torch.nanmean(advantages)) / (nanstd(advantages) + 1e-4)
+
+    # Unscorable completions carry no learning signal: zero their advantage to keep them from moving the policy.
+    advantages = torch.nan_to_num(advantages, nan=0.0)
+    return advantages
+
+
+def _bare_rloo_trainer(estimator, normalize_advantages: bool) -> JSRLOOTrainer:
+    """A `JSRLOOTrainer` without `__init__` (no model): enough for `_estimator_advantages`."""
+    trainer = JSRLOOTrainer.__new__(JSRLOOTrainer)
+    trainer.estimator = estimator
+    trainer.normalize_advantages = normalize_advantages
+    return trainer
+
+
+def _ours(rewards: torch.Tensor, num_generations: int, normalize_advantages: bool, estimator=None):
+    trainer = _bare_rloo_trainer(estimator or RLOOBaseline(), normalize_advantages)
+    group_ids = contiguous_group_ids(rewards.numel(), num_generations)
+    return trainer._estimator_advantages(rewards, group_ids)[1]
+
+
+NAN = float("nan")
+
+
+def test_rloo_normalization_leaves_out_lone_scorable_rows_as_trl():
+    # [1, None | 0, 1 | 1, 0]: TRL leaves row 0 (alone in its group, no leave-one-out baseline) out of the mean
+    # and std: advantages +-1 over 4 rows, mean 0, std sqrt(4/3) -> +-0.866 (counting row 0: +-0.9999).
+    rewards = torch.tensor([1.0, NAN, 0.0, 1.0, 1.0, 0.0])
+    scale = 1 / (math.sqrt(4 / 3) + 1e-4)
+    expected = torch.tensor([0.0, 0.0, -scale, scale, scale, -scale])
+    torch.testing.assert_close(_trl_rloo_advantages(rewards, 2, True), expected)
+    torch.testing.assert_close(_ours(rewards, 2, True), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_james_stein_lone_scorable_row_stays_in_the_normalization():
+    # Same rewards, James-Stein (paper): means 1, 0.5, 0.5 -> delta2 = 0 -> alpha = 1 everywhere, so every
+    # baseline is the mean of the 4 other scorable rewards, (3 - r) / 4: advantages [0.5, -, -0.75, 0.5, 0.5,
+    # -0.75] (mean 0). Row 0 has a real (cross-context) baseline and counts: std = sqrt(1.875 / 4).
+    rewards = torch.tensor([1.0, NAN, 0.0, 1.0, 1.0, 0.0])
+    expected = torch.tensor([0.5, 0.0, -0.75, 0.5, 0.5, -0.75]) / (math.sqrt(1.875 / 4) + 1e-4)
+    torch.testing.assert_close(_ours(rewards, 2, True, JamesSteinBaseline()), expected, rtol=1e-6, atol=1e-7)
+    # A custom estimator without `has_baseline`: only the unscorable rows are left out (as before).
+    raw = SimpleNamespace(advantages=torch.tensor([0.5, 0.0, -0.75, 0.5, 0.5, -0.75]), alpha=torch.ones(6))
+    torch.testing.assert_close(_ours(rewards, 2, True, lambda r, g: raw), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("normalize_advantages", [True, False])
+@pytest.mark.parametrize(
+    ("rewards", "num_generations"),
+    [
+        ([1.0, NAN, 0.0, 1.0, 1.0, 0.0], 2),  # the example above
+        ([NAN, NAN, 1.0, 2.0, 3.0, 5.0, NAN, 0.5], 2),  # an all-unscorable group and a lone row
+        ([1.0, NAN, NAN, 0.0, 2.0, 5.0, NAN, 4.0, 4.5, NAN, NAN, NAN], 3),  # K = 1, 3, 2, 0
+        ([0.25, 0.75, NAN, 1.5, 2.0, NAN, NAN, NAN], 4),
+        ([1.0, 2.0, NAN, 3.0], 1),  # eval with num_generations_eval=1: every advantage 0
+        ([NAN, 2.0, NAN, NAN], 2),  # a single scorable row in the batch
+        ([NAN, NAN, NAN, NAN], 2),
+        ([0.5, 0.5, 1.0, 1.0, 2.0, 2.0], 2),  # equal rewards per group: all 0
+    ],
+)
+def test_rloo_path_matches_trl_advantage_block(rewards, num_generations, normalize_advantages):
+    rewards = torch.tensor(rewards)
+    ours = _ours(rewards, num_generations, normalize_advantages)
+    assert ours.dtype == rewards.dtype and torch.isfinite(ours).all()
+    theirs = _trl_rloo_advantages(rewards, num_generations, normalize_advantages)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.data(),
+    num_generations=st.integers(1, 4),
+    num_prompts=st.integers(1, 6),
+    normalize_advantages=st.booleans(),
+)
+def test_rloo_path_matches_trl_advantage_block_property(
+    data, num_generations, num_prompts, normalize_advantages
+):
+    # Rewards on a 1/4 grid (exact in float32, so TRL's float32 sums are exact too) with ragged NaN patterns.
+    n = num_generations * num_prompts
+    values = st.one_of(st.integers(-20, 20).map(lambda x: x / 4), st.just(NAN))
+    rewards = torch.tensor(data.draw(st.lists(values, min_size=n, max_size=n)))
+    ours = _ours(rewards, num_generations, normalize_advantages)
+    theirs = _trl_rloo_advantages(rewards, num_generations, normalize_advantages)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_rloo_path_matches_trl_on_seeded_random_batches():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        num_generations = int(torch.randint(2, 9, (1,), generator=g))
+        rewards = torch.randn(num_generations * 8, generator=g)
+        rewards[torch.rand(rewards.shape, generator=g) < 0.3] = NAN
+        for normalize_advantages in (True, False):
+            ours = _ours(rewards, num_generations, normalize_advantages)
+            theirs = _trl_rloo_advantages(rewards, num_generations, normalize_advantages)
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def _column_advantages(rewards, group_ids):
+    """A broken custom estimator: advantages of shape (N, 1), which would broadcast into an (N, N) loss."""
+    out = RLOOBaseline()(rewards, group_ids)
+    return SimpleNamespace(advantages=out.advantages[:, None], alpha=out.alpha)
+
+
+def _nan_advantages(rewards, group_ids):
+    """A broken custom estimator: NaN advantages (would turn every policy parameter NaN)."""
+    return SimpleNamespace(advantages=torch.full_like(rewards, torch.nan), alpha=torch.zeros_like(rewards))
+
+
+def _plain_tensor(rewards, group_ids):
+    """A broken custom estimator: returns the advantages tensor itself."""
+    return RLOOBaseline()(rewards, group_ids).advantages
+
+
+@pytest.mark.parametrize(
+    ("estimator", "match"),
+    [
+        (_column_advantages, r"'_column_advantages' returned `\.advantages` of shape \(6, 1\) for 6 rewards"),
+        (_nan_advantages, r"'_nan_advantages' returned 6 non-finite advantage\(s\) at row\(s\) 0, 1, 2"),
+        (_plain_tensor, r"'_plain_tensor' returned a plain tensor of shape \(6,\)"),
+    ],
+)
+def test_bad_custom_estimator_is_refused_clearly(model_dir, tmp_path, estimator, match):
+    args = _config(RLOOConfig, tmp_path, beta=0.0, max_steps=1)
+    trainer = JSRLOOTrainer(
+        model=model_dir,
+        reward_funcs=target_reward,
+        args=args,
+        train_dataset=tiny_prompt_dataset(),
+        estimator=estimator,
+    )
+    before = _params(trainer.model)
+    with pytest.raises(ValueError, match=match) as info:
+        trainer.train()
+    assert "estimator(rewards (N,), group_ids (N,))" in str(info.value)
+    after = dict(trainer.model.named_parameters())
+    assert all(torch.equal(before[n], after[n].detach()) for n in before)  # refused before any update
 
 
 def test_double_scaling_is_refused(model_dir, tmp_path):

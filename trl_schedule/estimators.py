@@ -47,8 +47,11 @@ Edge cases (both variants, tested):
 - All rewards equal: sigma2 = delta2 = 0, alpha = 0 and every advantage is 0.
 
 Everything is O(N) (sums and the leave-one-out trick, no Python loop over groups or rows), runs on any device
-and float dtype (statistics are accumulated in float64; outputs come back in the rewards' dtype), and never
-tracks gradients.
+and dtype, and never tracks gradients. Statistics are accumulated in float64 (float32 on MPS, which has no
+float64). Per-row outputs come back in the rewards' dtype (float64 for integer or bool rewards, which float32
+would round above 2**24); the scalar ``sigma2``, ``delta2`` stay in the float64 compute dtype, since they are
+squares of rewards and overflow float32 long before the rewards do. Rewards whose square could overflow the
+compute dtype (|r| > ~1e150 in float64) are refused with a ``ValueError``: rescale them.
 
 Precision: the O(N) leave-one-out statistics subtract sums (``sum - own``). In float64 they match a naive
 per-row loop to ~1e-12 for rewards of ordinary resolution; when rewards differ only at ~1e-8 of their own
@@ -71,6 +74,7 @@ __all__ = [
     "GroupStatistics",
     "JamesSteinBaseline",
     "RLOOBaseline",
+    "check_estimator_output",
     "compute_advantages",
     "cross_context_baseline",
     "get_estimator",
@@ -94,14 +98,28 @@ def _warn_once(message: str) -> None:
 
 @dataclass
 class BaselineOutput:
-    """What an estimator returns; every per-row tensor has shape `(N,)` and the rewards' dtype.
+    """What an estimator returns.
+
+    Per-row float tensors have shape `(N,)` and the rewards' dtype (float64 for integer or bool rewards); the
+    scalar statistics are 0-dim tensors in the compute dtype (float64, or float32 on a device without float64
+    such as MPS), so that a variance of large float32 rewards does not overflow to inf.
 
     Args:
-        baselines: b_ci per row (NaN for unscorable rows).
-        advantages: (r_ci - b_ci), optionally scaled; exactly 0 for unscorable rows.
-        alpha: the shrinkage weight on the cross-context baseline per row (0 = RLOO, 1 = cross-context).
-        sigma2: pooled within-group variance of the batch (scalar), James-Stein only.
-        delta2: between-group variance estimate of the batch (scalar), James-Stein only.
+        baselines (`torch.Tensor` of shape `(N,)`): b_ci per row (NaN for unscorable rows; a scorable row with
+            no usable baseline gets its own reward).
+        advantages (`torch.Tensor` of shape `(N,)`): (r_ci - b_ci), optionally scaled; exactly 0 for
+            unscorable rows.
+        alpha (`torch.Tensor` of shape `(N,)`): the shrinkage weight on the cross-context baseline per row
+            (0 = RLOO, 1 = cross-context).
+        sigma2 (`torch.Tensor` of shape `()`, *optional*): pooled within-group variance of the batch, James-Stein
+            only.
+        delta2 (`torch.Tensor` of shape `()`, *optional*): between-group variance estimate of the batch,
+            James-Stein only.
+        has_baseline (`torch.BoolTensor` of shape `(N,)`, *optional*): True where the row is scorable and had a
+            usable baseline; False for unscorable rows and for rows that fell back to their own reward
+            (advantage 0 by construction, e.g. RLOO with one scorable reward in the group). Trainers that
+            normalise advantages over the batch leave the False rows out, as TRL's RLOO does. `None` (custom
+            estimators): every scorable row counts as having a baseline.
     """
 
     baselines: torch.Tensor
@@ -109,6 +127,7 @@ class BaselineOutput:
     alpha: torch.Tensor
     sigma2: torch.Tensor | None = None
     delta2: torch.Tensor | None = None
+    has_baseline: torch.Tensor | None = None
 
 
 @dataclass
@@ -164,7 +183,8 @@ def _validate(rewards, group_ids) -> tuple[torch.Tensor, torch.Tensor]:
     if not rewards.is_floating_point():
         if rewards.is_complex():
             raise ValueError(f"`rewards` must be real, got dtype {rewards.dtype}.")
-        rewards = rewards.to(torch.get_default_dtype())
+        # Integer (and bool) rewards: float64, not the default float32, which rounds integers above 2**24.
+        rewards = rewards.to(_compute_dtype(rewards.device))
     infinite = torch.isinf(rewards)
     if infinite.any():
         rows = infinite.nonzero().flatten().tolist()
@@ -174,6 +194,28 @@ def _validate(rewards, group_ids) -> tuple[torch.Tensor, torch.Tensor]:
             "(they get advantage 0) or clip the reward."
         )
     return rewards.detach(), group_ids.detach()
+
+
+def _max_abs_reward(dtype: torch.dtype) -> float:
+    """The largest |reward| whose squared deviations, summed over up to ~1e7 rows, stay finite in `dtype`
+    (~1.3e150 for float64)."""
+    return torch.finfo(dtype).max ** 0.5 * 1e-4
+
+
+def _check_magnitude(r: torch.Tensor) -> None:
+    """Refuse rewards (`r`: compute dtype, unscorable rows already 0) whose square overflows the compute dtype."""
+    if r.numel() == 0:
+        return
+    largest = float(r.abs().max())
+    limit = _max_abs_reward(r.dtype)
+    if largest > limit:
+        name = str(r.dtype).removeprefix("torch.")
+        raise ValueError(
+            f"`rewards` has a value of magnitude {largest:.3g}: its square overflows {name} (or comes so close "
+            "that the sums of squared deviations behind sigma2 and delta2 would; the limit is |reward| <= "
+            f"{limit:.3g}), so the shrinkage weights would be computed from inf or NaN. Rescale the reward, e.g. "
+            "divide it by a constant: the advantages scale with it and the shrinkage weights do not change."
+        )
 
 
 @torch.no_grad()
@@ -188,6 +230,7 @@ def group_statistics(rewards: torch.Tensor, group_ids: torch.Tensor) -> GroupSta
     dtype = _compute_dtype(rewards.device)
     valid = ~torch.isnan(rewards)
     r = torch.where(valid, rewards.to(dtype), 0.0)
+    _check_magnitude(r)
     _, inverse = torch.unique(group_ids, return_inverse=True)
     num = int(inverse.max()) + 1 if inverse.numel() else 0
     zeros = torch.zeros(num, dtype=dtype, device=r.device)
@@ -303,16 +346,21 @@ def _finish(
     out_dtype: torch.dtype,
     **extra,
 ) -> BaselineOutput:
+    has_baseline = stats.valid & ~torch.isnan(baseline)
     baseline = _fallback_to_own_reward(stats, baseline)
     r = torch.where(stats.valid, stats.rewards, torch.nan)
     adv = compute_advantages(r, baseline, scale)
-    extra = {k: v.to(out_dtype) for k, v in extra.items()}
-    return BaselineOutput(baseline.to(out_dtype), adv.to(out_dtype), alpha.to(out_dtype), **extra)
+    # The scalar statistics stay in the compute dtype (see BaselineOutput): cast to float32 they overflow for
+    # |rewards| > ~1e19.
+    return BaselineOutput(
+        baseline.to(out_dtype), adv.to(out_dtype), alpha.to(out_dtype), **extra, has_baseline=has_baseline
+    )
 
 
 def _out_dtype(rewards) -> torch.dtype:
+    """The rewards' float dtype; integer and bool rewards are computed and returned in the compute dtype."""
     rewards = torch.as_tensor(rewards)
-    return rewards.dtype if rewards.is_floating_point() else torch.get_default_dtype()
+    return rewards.dtype if rewards.is_floating_point() else _compute_dtype(rewards.device)
 
 
 @torch.no_grad()
@@ -449,6 +497,91 @@ class JamesSteinBaseline(_Estimator):
 
     def __call__(self, rewards: torch.Tensor, group_ids: torch.Tensor) -> BaselineOutput:
         return james_stein_baseline(rewards, group_ids, self.variant, self.scale)
+
+
+_CONTRACT = (
+    "an estimator is called as estimator(rewards (N,), group_ids (N,)) and returns an object with `.advantages` "
+    "of shape (N,) (finite, 0 for unscorable rows) and `.alpha` of shape (N,); see "
+    "trl_schedule.estimators.BaselineOutput"
+)
+
+
+def _estimator_name(estimator) -> str:
+    name = getattr(estimator, "name", None)
+    if isinstance(name, str):
+        return name
+    return getattr(estimator, "__qualname__", None) or type(estimator).__name__
+
+
+def _row_list(mask: torch.Tensor) -> str:
+    rows = mask.nonzero().flatten().tolist()
+    return ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+
+
+def check_estimator_output(out, num_rows: int, estimator):
+    """Check what a (possibly custom) estimator returned against the contract the trainers rely on.
+
+    A trainer calls this right after ``out = estimator(rewards, group_ids)``: without it an advantages tensor of
+    shape `(N, 1)` silently broadcasts into an `(N, N)` loss and one NaN advantage turns every parameter NaN.
+
+    Args:
+        out: what the estimator returned, normally a :class:`BaselineOutput`.
+        num_rows (`int`): N, the number of rewards the estimator was called with.
+        estimator: the estimator that returned `out`, only to name it in the error (its `name` attribute, else
+            its function or type name).
+
+    Returns:
+        `out`, unchanged.
+
+    Raises:
+        ValueError: `.advantages` is missing, not a tensor, not of shape `(N,)` or not finite; `.alpha` is
+            missing, not a tensor or not of shape `(N,)`; `.has_baseline` (optional) is not a bool tensor of
+            shape `(N,)`.
+    """
+    who = f"Estimator {_estimator_name(estimator)!r}"
+    if isinstance(out, torch.Tensor):
+        raise ValueError(
+            f"{who} returned a plain tensor of shape {tuple(out.shape)}, but {_CONTRACT}. Wrap the advantages, "
+            "e.g. `BaselineOutput(baselines=rewards - adv, advantages=adv, alpha=torch.zeros_like(adv))`."
+        )
+    for field_name in ("advantages", "alpha"):
+        if not hasattr(out, field_name):
+            raise ValueError(f"{who} returned {type(out).__name__} without `.{field_name}`, but {_CONTRACT}.")
+        value = getattr(out, field_name)
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(
+                f"{who} returned `.{field_name}` of type {type(value).__name__}, not a torch.Tensor, but "
+                f"{_CONTRACT}."
+            )
+        if tuple(value.shape) != (num_rows,):
+            raise ValueError(
+                f"{who} returned `.{field_name}` of shape {tuple(value.shape)} for {num_rows} rewards, but "
+                f"{_CONTRACT}. A shape like (N, 1) would broadcast into an (N, N) loss: flatten it with "
+                "`.reshape(-1)`."
+            )
+    bad = ~torch.isfinite(out.advantages)
+    if bad.any():
+        raise ValueError(
+            f"{who} returned {int(bad.sum())} non-finite advantage(s) at row(s) {_row_list(bad)}, but "
+            f"{_CONTRACT}. One NaN advantage makes every policy parameter NaN: set the advantage of rows "
+            "without a baseline to 0 (e.g. `torch.nan_to_num(advantages, nan=0.0)`)."
+        )
+    has_baseline = getattr(out, "has_baseline", None)
+    if has_baseline is not None and (
+        not isinstance(has_baseline, torch.Tensor)
+        or has_baseline.dtype != torch.bool
+        or tuple(has_baseline.shape) != (num_rows,)
+    ):
+        described = (
+            f"a {has_baseline.dtype} tensor of shape {tuple(has_baseline.shape)}"
+            if isinstance(has_baseline, torch.Tensor)
+            else type(has_baseline).__name__
+        )
+        raise ValueError(
+            f"{who} returned `.has_baseline` as {described}; it is optional, but when given it must be a bool "
+            f"tensor of shape ({num_rows},) (True where the row had a usable baseline), or None."
+        )
+    return out
 
 
 ESTIMATORS = {

@@ -14,9 +14,15 @@ swap the baseline without copying that ~300-line method. What is replaced, preci
      rows where every function returned `None` set to NaN (unscorable); RLOO then applies `reward_clip_range`
      and the KL penalty `r - beta * gather(sum_t (logp_old - logp_ref) * completion_mask)`;
    - the estimator is applied to the gathered rewards with group ids derived from TRL's layout (contiguous
-     groups of `num_generations` rows); unscorable rows get advantage 0;
-   - TRL's scaling is applied on top: RLOO `normalize_advantages` (over the scorable rows, as TRL does); GRPO
-     `scale_rewards="batch"` (divide by the batch reward std + 1e-4) or `"none"`;
+     groups of `num_generations` rows), and its output is checked
+     (`trl_schedule.estimators.check_estimator_output`: a `ValueError` naming the estimator for advantages
+     that are missing, of the wrong shape or not finite); unscorable rows get advantage 0;
+   - TRL's scaling is applied on top: RLOO `normalize_advantages` over the rows that have a baseline, as TRL
+     does: TRL leaves out of the mean and std (and sets to 0 after) the unscorable rows and the rows of a
+     group with a single scorable completion (no leave-one-out baseline). An estimator reports such rows with
+     `has_baseline == False` (`RLOOBaseline` does, so it matches TRL exactly); James-Stein gives a single
+     scorable completion alpha = 1 and the cross-context baseline, a real baseline, so that row stays in the
+     normalisation. GRPO `scale_rewards="batch"` (divide by the batch reward std + 1e-4) or `"none"`;
    - each process keeps `advantages[rank * n_local : (rank + 1) * n_local]`, exactly TRL's slice.
 
    The advantages written to the completions table (`self._logs["advantages"]`) are replaced as well, and
@@ -55,7 +61,7 @@ from accelerate.utils import gather
 from trl import GRPOTrainer, RLOOTrainer
 from trl.trainer.utils import nanstd
 
-from .estimators import JamesSteinBaseline
+from .estimators import JamesSteinBaseline, check_estimator_output
 
 __all__ = ["JSGRPOTrainer", "JSRLOOTrainer", "contiguous_group_ids"]
 
@@ -140,8 +146,11 @@ class _BaselineSwapMixin:
         """Whether the trainer's config scales advantages after the baseline."""
         raise NotImplementedError
 
-    def _scale_advantages(self, advantages: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
-        """TRL's scaling of `advantages` (N,), given the gathered `rewards` (N,) (NaN = unscorable)."""
+    def _scale_advantages(
+        self, advantages: torch.Tensor, rewards: torch.Tensor, has_baseline: torch.Tensor
+    ) -> torch.Tensor:
+        """TRL's scaling of `advantages` (N,), given the gathered `rewards` (N,) (NaN = unscorable) and
+        `has_baseline` (N,) bool (scorable rows the estimator had a usable baseline for)."""
         raise NotImplementedError
 
     def _sequence_rewards(self, rewards_per_func: torch.Tensor, out: dict, capture: _Capture) -> torch.Tensor:
@@ -189,11 +198,8 @@ class _BaselineSwapMixin:
 
         rewards = self._sequence_rewards(capture.rewards_per_func, out, capture)
         group_ids = contiguous_group_ids(rewards.numel(), num_generations, device=rewards.device)
-        with torch.no_grad():
-            est = self.estimator(rewards, group_ids)
+        est, advantages = self._estimator_advantages(rewards, group_ids)
         scorable = ~torch.isnan(rewards)
-        advantages = torch.where(scorable, est.advantages.to(rewards.dtype), torch.zeros_like(rewards))
-        advantages = self._scale_advantages(advantages, rewards)
 
         # TRL's slice: this process's completions are rows [rank * n_local, (rank + 1) * n_local).
         n_local = out["advantages"].size(0)
@@ -202,6 +208,24 @@ class _BaselineSwapMixin:
 
         self._log_baseline(mode, est, scorable, advantages)
         return out
+
+    def _estimator_advantages(
+        self, rewards: torch.Tensor, group_ids: torch.Tensor
+    ) -> tuple[Any, torch.Tensor]:
+        """The estimator's checked output and the advantages `(N,)` the loss gets, before the process slice.
+
+        Args:
+            rewards (`torch.Tensor` of shape `(N,)`): the gathered sequence rewards, NaN = unscorable.
+            group_ids (`torch.Tensor` of shape `(N,)`): contiguous group ids.
+        """
+        with torch.no_grad():
+            est = self.estimator(rewards, group_ids)
+            est = check_estimator_output(est, rewards.numel(), self.estimator)
+        scorable = ~torch.isnan(rewards)
+        has_baseline = getattr(est, "has_baseline", None)
+        has_baseline = scorable if has_baseline is None else scorable & has_baseline.to(scorable.device)
+        advantages = torch.where(scorable, est.advantages.to(rewards.dtype), torch.zeros_like(rewards))
+        return est, self._scale_advantages(advantages, rewards, has_baseline)
 
     def _log_baseline(self, mode: str, est: Any, scorable: torch.Tensor, advantages: torch.Tensor) -> None:
         metrics = self._metrics[mode]
@@ -227,16 +251,20 @@ class JSRLOOTrainer(_BaselineSwapMixin, RLOOTrainer):
             Exactly `trl.RLOOTrainer`'s arguments.
         estimator (*optional*):
             A callable `estimator(rewards, group_ids)`, rewards `(N,)` float with NaN = unscorable and
-            group_ids `(N,)` int, returning an object with `.advantages` `(N,)` and `.alpha` `(N,)` (and
-            optionally scalar `.sigma2`, `.delta2`): `JamesSteinBaseline(variant="paper" | "loo")`,
-            `RLOOBaseline()` or `CrossContextBaseline()` from `trl_schedule`. Defaults to
+            group_ids `(N,)` int, returning an object with `.advantages` `(N,)` (finite) and `.alpha` `(N,)`
+            (and optionally scalar `.sigma2`, `.delta2` and a bool `(N,)` `.has_baseline`), checked on every
+            batch by `trl_schedule.estimators.check_estimator_output`: `JamesSteinBaseline(variant="paper" |
+            "loo")`, `RLOOBaseline()` or `CrossContextBaseline()` from `trl_schedule`. Defaults to
             `JamesSteinBaseline()`.
 
     The estimator sees exactly the reward TRL's baseline sees: the weighted sum, clipped to
     `reward_clip_range`, minus the sequence-level KL penalty `beta * sum_t (logp_old - logp_ref)` when
     `beta != 0`. `normalize_advantages` is applied to the estimator's advantages as TRL applies it to its
-    own (centred and divided by std + 1e-4 over the scorable rows). With `estimator=RLOOBaseline()` the
-    trainer reproduces `trl.RLOOTrainer`'s advantages exactly.
+    own: centred and divided by std + 1e-4 over the scorable rows that have a baseline, the other rows set to
+    0. Like TRL, a row whose group has a single scorable completion is left out when the estimator reports
+    `has_baseline == False` for it (`RLOOBaseline`: no leave-one-out baseline); with James-Stein such a row
+    gets alpha = 1 and the cross-context baseline, a real baseline, so it stays in the mean and std. With
+    `estimator=RLOOBaseline()` the trainer reproduces `trl.RLOOTrainer`'s advantages exactly.
     """
 
     _kl_in_reward = True
@@ -268,10 +296,14 @@ class JSRLOOTrainer(_BaselineSwapMixin, RLOOTrainer):
     def _trainer_scales_advantages(self) -> bool:
         return bool(self.normalize_advantages)
 
-    def _scale_advantages(self, advantages: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    def _scale_advantages(
+        self, advantages: torch.Tensor, rewards: torch.Tensor, has_baseline: torch.Tensor
+    ) -> torch.Tensor:
         if not self.normalize_advantages:
             return advantages
-        advantages = advantages.masked_fill(torch.isnan(rewards), torch.nan)
+        # TRL: rows without a baseline (unscorable, or alone in their group) are NaN here, so they are out of
+        # the mean and std, and become 0 after.
+        advantages = advantages.masked_fill(~has_baseline, torch.nan)
         advantages = (advantages - torch.nanmean(advantages)) / (nanstd(advantages) + 1e-4)
         return torch.nan_to_num(advantages, nan=0.0)
 
@@ -313,7 +345,10 @@ class JSGRPOTrainer(_BaselineSwapMixin, GRPOTrainer):
     def _trainer_scales_advantages(self) -> bool:
         return self.scale_rewards != "none"
 
-    def _scale_advantages(self, advantages: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    def _scale_advantages(
+        self, advantages: torch.Tensor, rewards: torch.Tensor, has_baseline: torch.Tensor
+    ) -> torch.Tensor:
+        # GRPO divides by the std of the rewards, not of the advantages: `has_baseline` plays no part.
         if self.scale_rewards == "none":
             return advantages
         std = nanstd(rewards) if rewards.numel() > 1 else torch.zeros((), device=rewards.device)
