@@ -19,6 +19,8 @@ import torch
 from datasets import Dataset, DatasetDict, load_dataset
 from torch.utils.data import Sampler
 
+from ._diffusers_compat import brief, is_offline_error, looks_like_local_path, missing_path_error
+
 __all__ = ["DATA_FILE_BUILDERS", "ContextSampler", "load_prompt_dataset"]
 
 DATA_FILE_BUILDERS = {
@@ -45,7 +47,10 @@ def load_prompt_dataset(
     Args:
         dataset: a `datasets.Dataset` (used as is), a `DatasetDict` (its `split`), a local file
             (.json/.jsonl/.csv/.parquet/.txt; a single file has only a "train" split), a local dataset directory
-            or a hub dataset name (`datasets.load_dataset(dataset, config, split=split)`).
+            or a hub dataset name (`datasets.load_dataset(dataset, config, split=split)`). A `~` is expanded; a
+            name that can only be a local path (see `_diffusers_compat.looks_like_local_path`: e.g. ending in
+            one of `DATA_FILE_BUILDERS`, starting with `/`, `./`, `../` or `~`, or with two or more `/`) must
+            exist, while `org/name` is a hub id unless it exists locally.
         prompt_column (`str`): the column holding the prompts.
         name (`str`): how errors call this argument (e.g. `"train_dataset"`, `"--dataset_name"`).
         split (`str`): the split to load from a `DatasetDict`, a directory or the hub.
@@ -53,26 +58,14 @@ def load_prompt_dataset(
         max_samples (`int`, *optional*): keep only the first `max_samples` rows.
 
     Raises:
-        ValueError: naming `name` and the fix, if the dataset cannot be loaded from that kind of file, has no
-            such split or column, is empty, or has a prompt that is not a non-empty string.
+        FileNotFoundError: at once, without a network attempt, if `dataset` looks like a local path and does
+            not exist.
+        ValueError: naming `name` and the fix, if the dataset cannot be loaded from that kind of file, is a hub
+            name that cannot be reached and is not cached locally (offline), has no such split or column, is
+            empty, or has a prompt that is not a non-empty string.
     """
     if isinstance(dataset, (str, os.PathLike)):
-        path = str(dataset)
-        if os.path.isfile(path):
-            suffix = Path(path).suffix.lower()
-            if suffix not in DATA_FILE_BUILDERS:
-                raise ValueError(
-                    f"`{name}`={path!r}: cannot load a {suffix or 'suffix-less'} file; use one of "
-                    f"{sorted(DATA_FILE_BUILDERS)}, a dataset directory, a hub name or a `datasets.Dataset`."
-                )
-            if split != "train":
-                raise ValueError(
-                    f"`{name}`={path!r} is a single file, which has only a 'train' split, but split={split!r} "
-                    "was asked for. Pass the file of that split instead."
-                )
-            dataset = load_dataset(DATA_FILE_BUILDERS[suffix], data_files=path, split="train")
-        else:
-            dataset = load_dataset(path, config, split=split)
+        dataset = _load_named(dataset, name, split, config)
     if isinstance(dataset, DatasetDict):
         if split not in dataset:
             raise ValueError(f"`{name}` has no split {split!r} (splits: {list(dataset)}); pass one of them.")
@@ -98,6 +91,50 @@ def load_prompt_dataset(
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     return dataset
+
+
+def _load_named(
+    dataset: str | os.PathLike, name: str, split: str, config: str | None
+) -> Dataset | DatasetDict:
+    """`load_prompt_dataset`'s local file, local directory or hub name, loaded; a missing local path fails at
+    once and an unreachable, uncached hub name says so."""
+    path = os.path.expanduser(os.fspath(dataset))
+    if os.path.isfile(path):
+        return _load_file(path, name, split)
+    if not os.path.exists(path) and looks_like_local_path(dataset, DATA_FILE_BUILDERS):
+        raise missing_path_error(
+            name,
+            dataset,
+            f"an existing {'/'.join(sorted(DATA_FILE_BUILDERS))} file, a local directory of such "
+            "files, a hub dataset id (`org/name`) or a `datasets.Dataset`",
+        )
+    try:
+        return load_dataset(path, config, split=split)
+    except OSError as err:
+        if os.path.exists(path) or not is_offline_error(err):
+            raise
+        raise ValueError(
+            f"`{name}`={path!r} is not a local file or directory and is not cached locally; pass a local "
+            f"directory (or file) of prompts ({'/'.join(sorted(DATA_FILE_BUILDERS))}), e.g. one written with "
+            f"`dataset.to_json('prompts.jsonl')`. (The hub was not reached: HF_DATASETS_OFFLINE / HF_HUB_OFFLINE "
+            f"or no network; {brief(err)})"
+        ) from err
+
+
+def _load_file(path: str, name: str, split: str) -> Dataset:
+    """The single data file `path`, by its suffix (`DATA_FILE_BUILDERS`)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in DATA_FILE_BUILDERS:
+        raise ValueError(
+            f"`{name}`={path!r}: cannot load a {suffix or 'suffix-less'} file; use one of "
+            f"{sorted(DATA_FILE_BUILDERS)}, a dataset directory, a hub name or a `datasets.Dataset`."
+        )
+    if split != "train":
+        raise ValueError(
+            f"`{name}`={path!r} is a single file, which has only a 'train' split, but split={split!r} "
+            "was asked for. Pass the file of that split instead."
+        )
+    return load_dataset(DATA_FILE_BUILDERS[suffix], data_files=path, split="train")
 
 
 class ContextSampler(Sampler[int]):
