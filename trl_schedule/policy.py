@@ -364,6 +364,21 @@ class DirichletSchedulePolicy(PreTrainedModel):
         elif isinstance(module, TextProjection):
             _init.normal_(module.null_token, mean=0.0, std=0.02)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing weights that are not finite (a policy saved after it
+        diverged, or a corrupted file): a NaN policy would silently generate with degenerate schedules."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        bad = [name for name, tensor in model.state_dict().items() if not bool(torch.isfinite(tensor).all())]
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise ValueError(
+                f"The policy in {pretrained_model_name_or_path} has non-finite weights ({shown}): it was saved "
+                "after training diverged, or its file is corrupted. Load an earlier checkpoint of the run."
+            )
+        return loaded
+
     # ------------------------------------------------------------------------------------------ forward
 
     def _check_inputs(self, latents, text_states, text_mask, pooled) -> None:

@@ -119,6 +119,9 @@ class ScheduleRLConfig(_BaseConfig):
         eval_seed (`int`, *optional*, defaults to `1234`):
             Base seed of the evaluation noises: prompt i always gets the noise seeded with `eval_seed + i`, so
             the learned, default and uniform schedules are compared on the same x_T at every evaluation.
+        max_unscorable_steps (`int`, *optional*, defaults to `10`):
+            Stop training (with an error) after this many consecutive optimisation steps in which no rollout got
+            a scorable reward (every reward NaN / None): the policy would train on nothing. 0 never stops.
         save_on_sigterm (`bool`, *optional*, defaults to `True`):
             On SIGTERM (e.g. a preempted cluster job) finish the current step, save a checkpoint and stop
             training cleanly, so that `resume_from_checkpoint` continues exactly.
@@ -232,6 +235,10 @@ class ScheduleRLConfig(_BaseConfig):
     eval_seed: int = field(
         default=1234, metadata={"help": "Eval prompt i always uses the noise seeded with eval_seed + i."}
     )
+    max_unscorable_steps: int = field(
+        default=10,
+        metadata={"help": "Stop after this many consecutive steps with no scorable reward; 0 = never."},
+    )
     save_on_sigterm: bool = field(
         default=True,
         metadata={"help": "On SIGTERM finish the current step, save a checkpoint and stop training."},
@@ -320,6 +327,7 @@ class ScheduleRLConfig(_BaseConfig):
         _check_int("log_images_steps", self.log_images_steps, 0, "0 disables image logging")
         _check_int("num_eval_prompts", self.num_eval_prompts, 1, "e.g. num_eval_prompts=16")
         _check_int("eval_seed", self.eval_seed, 0, "e.g. eval_seed=1234")
+        _check_int("max_unscorable_steps", self.max_unscorable_steps, 0, "0 never stops")
         if self.gradient_checkpointing:
             raise ValueError(
                 f"`gradient_checkpointing`={self.gradient_checkpointing!r}: the schedule policy does not checkpoint "

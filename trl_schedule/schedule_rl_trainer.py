@@ -30,6 +30,10 @@ TRL and transformers internals this file relies on (check them on an upgrade; TR
   list of dataset rows, `data_collator` is the identity); `compute_loss` and `training_step` receive its dict.
 - `Trainer._get_train_sampler` (the data order), `_set_signature_columns_if_needed` (keep the prompt column),
   `floating_point_ops` (no token count), `log` (our per-step metrics are averaged into each log line).
+- `Trainer._maybe_log_save_evaluate` (its `grad_norm` argument): the step's health check runs first, so a
+  non-finite step is never logged as `loss 0.0` or checkpointed; `Trainer._save_checkpoint` and
+  `Trainer._get_output_dir`: checkpoints are written into a staging folder and renamed when complete
+  (:mod:`trl_schedule.checkpoints`).
 
 Example::
 
@@ -60,10 +64,12 @@ from torch.utils.data import Sampler
 from transformers import TrainerCallback
 from trl.trainer.base_trainer import _BaseTrainer
 
-from ._diffusers_compat import dtype_kwarg
+from ._diffusers_compat import load_pretrained_pipeline
 from .callbacks import SigtermCheckpointCallback
-from .estimators import JamesSteinBaseline, get_estimator, warn_too_few_groups
-from .figures import write_eval_figures, write_rollout_figures
+from .checkpoints import resolve_resume_checkpoint, save_checkpoint_atomically
+from .estimators import JamesSteinBaseline, check_estimator_output, get_estimator, warn_too_few_groups
+from .figures import log_figures, write_eval_figures, write_rollout_figures
+from .health import TrainingMonitor
 from .model_card import CITATION, write_model_card
 from .policy import DirichletSchedulePolicy, DirichletSchedulePolicyConfig
 from .prompts import ContextSampler, load_prompt_dataset
@@ -201,6 +207,7 @@ class ScheduleRLTrainer(_BaseTrainer):
         self._rollout_step: int | None = None
         self._rollout_micro_step = 0
         self._rollout_seconds = 0.0
+        self.monitor = TrainingMonitor(args.max_unscorable_steps)
         self.sigterm_callback = None
         if args.save_on_sigterm:
             self.sigterm_callback = SigtermCheckpointCallback(self.accelerator)
@@ -209,6 +216,27 @@ class ScheduleRLTrainer(_BaseTrainer):
     @property
     def reward_func_names(self) -> list[str]:
         return self.rewards.names
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether training stopped early on SIGTERM (a checkpoint of the last finished step was saved)."""
+        return self.sigterm_callback is not None and self.sigterm_callback.received
+
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial=None,
+        ignore_keys_for_eval=None,
+        **kwargs,
+    ):
+        """`Trainer.train`, resuming only from a complete checkpoint whose checksums verify
+        (:mod:`trl_schedule.checkpoints`): `resume_from_checkpoint=True` takes the newest complete one and warns
+        about newer incomplete or corrupted ones; an explicit corrupted one is refused."""
+        path = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        return super().train(path, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        save_checkpoint_atomically(self, super()._save_checkpoint, model, trial)
 
     # ------------------------------------------------------------------------------------------ construction
 
@@ -235,11 +263,7 @@ class ScheduleRLTrainer(_BaseTrainer):
     @staticmethod
     def _load_pipeline(pipeline: Any, args: ScheduleRLConfig) -> Any:
         if isinstance(pipeline, (str, os.PathLike)):
-            from diffusers import DiffusionPipeline
-
-            pipeline = DiffusionPipeline.from_pretrained(
-                str(pipeline), **dtype_kwarg(getattr(torch, args.torch_dtype))
-            )
+            pipeline = load_pretrained_pipeline(pipeline, getattr(torch, args.torch_dtype), name="pipeline")
         if not hasattr(pipeline, "components"):
             raise ValueError(
                 "`pipeline` must be a diffusers pipeline (Flux, SD3, SDXL) or a path / hub id to load one, "
@@ -346,8 +370,10 @@ class ScheduleRLTrainer(_BaseTrainer):
         with timer("estimator"):
             all_rewards = gather(rollouts.rewards.to(device))
             out = self.estimator(all_rewards, gather(rollouts.group_ids.to(device)))
+            out = check_estimator_output(out, all_rewards.shape[0], self.estimator)
             n, rank = rollouts.rewards.shape[0], self.accelerator.process_index
             advantages = out.advantages[rank * n : (rank + 1) * n]
+        self.monitor.record_rollouts(rollouts.concentrations, all_rewards)
         self._log_rollouts(rollouts, all_rewards, out, step, micro)
         self._rollout_seconds = time.perf_counter() - start
         return {
@@ -369,6 +395,7 @@ class ScheduleRLTrainer(_BaseTrainer):
         start = time.perf_counter()
         self._rollout_seconds = 0.0
         loss = super().training_step(model, inputs, num_items_in_batch)
+        self.monitor.record_loss(loss)
         if self.accelerator.device.type == "cuda":
             torch.cuda.synchronize(self.accelerator.device)  # the backward is asynchronous
         total = time.perf_counter() - start
@@ -410,7 +437,7 @@ class ScheduleRLTrainer(_BaseTrainer):
         every = self.args.log_images_steps
         if every and micro == 0 and step % every == 0 and self.accelerator.is_main_process:
             kept = rollouts.images.shape[0]
-            write_rollout_figures(
+            figures = write_rollout_figures(
                 self.args.output_dir,
                 step,
                 rollouts.images,
@@ -419,6 +446,18 @@ class ScheduleRLTrainer(_BaseTrainer):
                 rollouts.rollout_prompts,
                 rollouts.num_rollouts,
             )
+            log_figures(self.callback_handler.callbacks, figures, step)
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, trial, epoch, *args, **kwargs):
+        """Check the step's health (:class:`~trl_schedule.health.TrainingMonitor`) before the Trainer logs,
+        evaluates or saves it: a broken step raises and is never checkpointed."""
+        self.monitor.check_step(
+            self.state.global_step,
+            grad_norm,
+            self.accelerator.unwrap_model(model).parameters(),
+            self._get_learning_rate(),
+        )
+        return super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, trial, epoch, *args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
@@ -496,21 +535,28 @@ class ScheduleRLTrainer(_BaseTrainer):
             self.rewards,
             batch_size=self.args.per_device_eval_batch_size,
         )
-        if self.accelerator.is_main_process and result.images:
-            write_eval_figures(
-                self.args.output_dir,
-                self.state.global_step,
-                torch.stack([result.images[name] for name in ("default", "uniform", "learned")]),
-                result.times["learned"],
-                [prompts[i] for i in indices],
-                {name: times.float() for name, times in references.items()},
-            )
         names = ("learned", "default", "uniform")
         rows = [(i, *(float(result.rewards[name][j]) for name in names)) for j, i in enumerate(indices)]
         if world > 1:
             rows = gather_object(rows)
         table = torch.tensor([r[1:] for r in sorted(rows)], dtype=torch.float64).view(-1, 3)
-        return dict(zip(names, torch.nanmean(table, dim=0).tolist()))
+        means = dict(zip(names, torch.nanmean(table, dim=0).tolist()))
+        if self.accelerator.is_main_process and result.images:
+            shown = ("default", "uniform", "learned")
+            m = result.images["learned"].shape[0]
+            figures = write_eval_figures(
+                self.args.output_dir,
+                self.state.global_step,
+                torch.stack([result.images[name] for name in shown]),
+                result.times["learned"],
+                [prompts[i] for i in indices],
+                {name: times.float() for name, times in references.items()},
+                names=shown,
+                mean_rewards=means,
+                rewards=torch.stack([result.rewards[name][:m] for name in shown]),
+            )
+            log_figures(self.callback_handler.callbacks, figures, self.state.global_step)
+        return means
 
     # ------------------------------------------------------------------------------------------- saving
 
