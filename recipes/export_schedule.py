@@ -21,7 +21,7 @@ A real model (the same sampler options as in training; Flux's sigmas depend on t
 
 ```
 python recipes/export_schedule.py --policy flux-schedule --model_name_or_path black-forest-labs/FLUX.1-dev \
-    --dataset_name prompts.jsonl --height 1024 --width 1024 --num_prompts 256
+    --dataset_name data/hpdv2/test.jsonl --height 1024 --width 1024 --num_prompts 256
 ```
 
 Writes `--output` (default `<policy>/exported_schedule.json`): family, image size, L, the sigmas, the mean
@@ -133,11 +133,9 @@ def load_pipeline(args: ExportArguments) -> Any:
         from trl_schedule.testbed import load_testbed_pipeline
 
         return load_testbed_pipeline(dtype=dtype)
-    from diffusers import DiffusionPipeline
+    from trl_schedule._diffusers_compat import load_pretrained_pipeline
 
-    from trl_schedule._diffusers_compat import dtype_kwarg
-
-    pipe = DiffusionPipeline.from_pretrained(args.model_name_or_path, **dtype_kwarg(dtype))
+    pipe = load_pretrained_pipeline(args.model_name_or_path, dtype, name="--model_name_or_path")
     return pipe.to("cuda" if torch.cuda.is_available() else "cpu")
 
 

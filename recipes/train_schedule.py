@@ -28,13 +28,15 @@ accelerate launch --config_file recipes/accelerate_configs/single_gpu.yaml recip
     --config recipes/configs/flux_dev_hpsv2.yaml --per_device_train_batch_size 16
 ```
 
-CPU smoke run (a tiny random pipeline and policy built in code, a toy reward, seconds):
+CPU smoke run (a tiny random pipeline and policy built in code, a toy reward, `recipes/configs/tiny.yaml`:
+about a minute, writes `outputs/tiny/`):
 
 ```
-python recipes/train_schedule.py --tiny --tiny_family flux --dataset_name prompts.jsonl --reward brightness \
-    --max_steps 2 --per_device_train_batch_size 3 --num_rollouts 2 --num_steps 2 --num_eval_prompts 2 \
-    --use_cpu true --report_to none --output_dir schedule-smoke
+python recipes/train_schedule.py --tiny                  # --tiny_family sd3 / sdxl for the other families
 ```
+
+Resume a run stopped by SIGTERM (it saved a checkpoint and wrote `summary.json` with `"interrupted": true`):
+rerun the same command with `--resume_from_checkpoint true`.
 
 `--model_name_or_path` is a diffusers pipeline hub id or a local directory saved with `save_pretrained`
 (`FluxPipeline`, `StableDiffusion3Pipeline` or `StableDiffusionXLPipeline`); `--lora_path` loads LoRA weights
@@ -54,8 +56,10 @@ Rewards (`--reward`; comma-separate several, weighted by `--reward_weights`):
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -76,10 +80,13 @@ from trl_schedule.testing import TINY_FAMILIES, TINY_IMAGE_SIZE, tiny_pipeline
 REWARD_NAMES = ("hpsv2:<checkpoint>", "clip:<model>", "testbed", "brightness")
 TESTBED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "testbed.yaml")
 """Read when the script runs with neither --model_name_or_path, --tiny nor --config: the embedded default."""
+TINY_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "tiny.yaml")
+"""Read for --tiny without --config."""
 DEFAULT_NUM_TRAIN_PROMPTS, DEFAULT_NUM_TEST_PROMPTS = 2048, 256
 """Size of the embedded default prompt sets (used when `--dataset_name` is not given)."""
-TINY_MAX_SEQUENCE_LENGTH = 16
-"""T5 tokens of the tiny Flux / SD3 pipelines when `--max_sequence_length` is not given."""
+TINY_MAX_SEQUENCE_LENGTH = 64
+"""T5 tokens of the tiny Flux / SD3 pipelines when `--max_sequence_length` is not given (their T5 tokenizer is
+character-level: the longest testbed prompt takes 45 tokens)."""
 
 
 @dataclass
@@ -301,12 +308,12 @@ def load_pipeline(script_args: ScheduleScriptArguments, training_args: ScheduleR
     elif script_args.lora_path is None:
         return script_args.model_name_or_path
     else:
-        from diffusers import DiffusionPipeline
+        from trl_schedule._diffusers_compat import load_pretrained_pipeline
 
-        from trl_schedule._diffusers_compat import dtype_kwarg
-
-        pipe = DiffusionPipeline.from_pretrained(
-            script_args.model_name_or_path, **dtype_kwarg(getattr(torch, training_args.torch_dtype))
+        pipe = load_pretrained_pipeline(
+            script_args.model_name_or_path,
+            getattr(torch, training_args.torch_dtype),
+            name="--model_name_or_path",
         )
         pipe.set_progress_bar_config(disable=True)
     if script_args.lora_path is not None:
@@ -335,34 +342,57 @@ def testbed_policy_config(pipe: Any, training_args: ScheduleRLConfig) -> Dirichl
     )
 
 
-def write_summary(trainer: ScheduleRLTrainer, metrics: dict[str, float], seconds: float) -> dict[str, Any]:
+def write_summary(
+    trainer: ScheduleRLTrainer, metrics: dict[str, float] | None, seconds: float, command: list[str]
+) -> dict[str, Any]:
     """Print and save `output_dir/summary.json`: the held-out mean reward of the default, uniform and learned
-    (policy mode) schedules on the same noises, at L = `num_steps`, and the wall time."""
+    (policy mode) schedules on the same noises, at L = `num_steps`, and the wall time. After a SIGTERM there is
+    no evaluation (`metrics` None): the summary says `"interrupted": true`, where the checkpoint is and the
+    command that resumes."""
     args = trainer.args
-    summary = {
-        "L": args.num_steps,
-        "reward_default": metrics["eval_reward_default"],
-        "reward_uniform": metrics["eval_reward_uniform"],
-        "reward_learned": metrics["eval_reward_learned"],
-        "num_eval_prompts": args.num_eval_prompts,
-        "eval_prompts": "eval dataset" if trainer.eval_dataset is not None else "train dataset",
-        "train_steps": trainer.state.global_step,
-        "rollouts": trainer.state.global_step
+    summary: dict[str, Any] = {"L": args.num_steps}
+    if metrics is not None:
+        summary.update(
+            reward_default=metrics["eval_reward_default"],
+            reward_uniform=metrics["eval_reward_uniform"],
+            reward_learned=metrics["eval_reward_learned"],
+            num_eval_prompts=args.num_eval_prompts,
+            eval_prompts="eval dataset" if trainer.eval_dataset is not None else "train dataset",
+        )
+    summary.update(
+        train_steps=trainer.state.global_step,
+        rollouts=trainer.state.global_step
         * args.per_device_train_batch_size
         * args.num_rollouts
         * trainer.accelerator.num_processes,
-        "baseline": getattr(trainer.estimator, "name", type(trainer.estimator).__name__),
-        "seconds": round(seconds, 1),
-        "figures": "eval/ (default / uniform / learned on the same noises; learned schedules)",
-    }
+        baseline=getattr(trainer.estimator, "name", type(trainer.estimator).__name__),
+        seconds=round(seconds, 1),
+    )
+    if metrics is not None:
+        summary["figures"] = "eval/ (default / uniform / learned on the same noises; learned schedules)"
+    else:
+        resume = [a for a in command if not a.startswith("--resume_from_checkpoint")]
+        summary.update(
+            interrupted=True,
+            checkpoint=os.path.join(args.output_dir, f"checkpoint-{trainer.state.global_step}"),
+            resume=shlex.join(
+                ["python", "recipes/train_schedule.py", *resume, "--resume_from_checkpoint", "true"]
+            ),
+        )
     path = os.path.join(args.output_dir, "summary.json")
     with open(path, "w") as f:
         json.dump(summary, f, indent=2)
-    trainer.accelerator.print(
-        f"L={summary['L']}: held-out reward default {summary['reward_default']:.4f}, uniform "
-        f"{summary['reward_uniform']:.4f}, learned {summary['reward_learned']:.4f} "
-        f"({summary['train_steps']} steps, {summary['seconds']:.0f} s) -> {path}"
-    )
+    if metrics is None:
+        trainer.accelerator.print(
+            f"Interrupted (SIGTERM) after {summary['train_steps']} steps; checkpoint saved to "
+            f"{summary['checkpoint']}. Resume with: {summary['resume']}"
+        )
+    else:
+        trainer.accelerator.print(
+            f"L={summary['L']}: held-out reward default {summary['reward_default']:.4f}, uniform "
+            f"{summary['reward_uniform']:.4f}, learned {summary['reward_learned']:.4f} "
+            f"({summary['train_steps']} steps, {summary['seconds']:.0f} s) -> {path}"
+        )
     return summary
 
 
@@ -386,14 +416,71 @@ def tiny_policy_config(pipe: Any, training_args: ScheduleRLConfig) -> DirichletS
     )
 
 
+PARSER_DESCRIPTION = (
+    "Learn an instance-level sampling-schedule policy for a frozen diffusion pipeline with ScheduleRLTrainer "
+    "(REINFORCE, a Dirichlet policy, a James-Stein baseline), evaluate it against the pipeline's default and the "
+    "uniform schedule on fixed noises, and save it. Without --model_name_or_path, --tiny or --config it runs the "
+    "embedded default (recipes/configs/testbed.yaml). The ScheduleRL options come first; every transformers "
+    "TrainingArguments option works too. --config FILE.yaml reads any option from a YAML file; command-line "
+    "flags win."
+)
+
+
 def make_parser() -> TrlParser:
-    return TrlParser((ScheduleScriptArguments, ScheduleRLConfig))
+    """TRL's parser for the script and `ScheduleRLConfig` options, its `--help` grouped: `--config`, the
+    ScheduleRL options (the fields `ScheduleRLConfig` defines or re-defaults), the script's, then the inherited
+    TrainingArguments ones."""
+    parser = TrlParser(
+        (ScheduleScriptArguments, ScheduleRLConfig),
+        usage="python recipes/train_schedule.py [--tiny | --model_name_or_path PATH] [--config FILE.yaml] [OPTIONS]",
+        description=PARSER_DESCRIPTION,
+    )
+    config = parser.add_argument_group("config file")
+    config.add_argument(  # TrlParser reads --config itself; listed here for --help only
+        "--config", metavar="FILE.yaml", default=argparse.SUPPRESS, help="Read options from a YAML file."
+    )
+    own = set(ScheduleRLConfig.__annotations__)
+    script = set(ScheduleScriptArguments.__dataclass_fields__)
+    groups = {
+        "ScheduleRL options (ScheduleRLConfig)": lambda dest: dest in own,
+        "script options": lambda dest: dest in script,
+        "Trainer options (transformers.TrainingArguments, TRL)": lambda dest: True,
+    }
+    regrouped = [config] + [parser.add_argument_group(title) for title in groups]
+    for action in list(parser._actions):
+        if action.dest in ("help", "config"):
+            continue
+        for group in parser._action_groups:
+            if action in group._group_actions:
+                group._group_actions.remove(action)
+        target = next(i for i, test in enumerate(groups.values()) if test(action.dest))
+        regrouped[1 + target]._group_actions.append(action)
+    order = list(
+        ScheduleRLConfig.__annotations__
+    )  # the config's own order: rollouts, baseline, ..., defaults
+    regrouped[1]._group_actions.sort(key=lambda action: order.index(action.dest))
+    parser._action_groups = [g for g in parser._action_groups if g not in regrouped and g._group_actions]
+    parser._action_groups += regrouped
+    return parser
+
+
+def _resume_argument(value: str | bool | None) -> str | bool | None:
+    """`--resume_from_checkpoint true` arrives as a string: True means the newest complete checkpoint."""
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "no", "0", ""):
+        return None
+    return value
 
 
 def main(argv: list[str] | None = None) -> ScheduleRLTrainer:
     """Parse `argv` (default: `sys.argv[1:]`), train, evaluate and save the policy to `--output_dir`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not any(a.split("=")[0] in ("--model_name_or_path", "--tiny", "--config") for a in argv):
+    command = list(argv)
+    flags = {a.split("=")[0] for a in argv}
+    if "--config" not in flags and "--tiny" in flags:
+        argv = ["--config", TINY_CONFIG, *argv]  # the quick tiny run (command-line flags still win)
+    elif not flags & {"--model_name_or_path", "--tiny", "--config"}:
         argv = ["--config", TESTBED_CONFIG, *argv]  # the embedded default (command-line flags still win)
     start = time.perf_counter()
     script_args, training_args = make_parser().parse_args_and_config(args=argv)
@@ -427,12 +514,18 @@ def main(argv: list[str] | None = None) -> ScheduleRLTrainer:
         eval_dataset=eval_dataset,
         reward_weights=script_args.reward_weights,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=_resume_argument(training_args.resume_from_checkpoint))
+    if trainer.interrupted:  # SIGTERM: the checkpoint is saved; exit within the grace period, no evaluation
+        if trainer.accelerator.is_main_process:
+            write_summary(trainer, None, time.perf_counter() - start, command)
+        trainer.accelerator.wait_for_everyone()
+        trainer.accelerator.end_training()
+        return trainer
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
-        write_summary(trainer, metrics, time.perf_counter() - start)
+        write_summary(trainer, metrics, time.perf_counter() - start, command)
     trainer.accelerator.print(
         f"Policy saved to {training_args.output_dir} ({trainer.accelerator.num_processes} process(es))."
     )

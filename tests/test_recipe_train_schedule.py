@@ -308,3 +308,78 @@ def test_embedded_default_main_job(recipe, tmp_path, monkeypatch):
     )  # the testbed's default is uniform
     assert (out / "eval" / "step_000002_default_uniform_learned.png").exists()
     assert (out / "eval" / "step_000002_schedules.png").exists()
+
+
+@pytest.mark.slow
+def test_tiny_run_is_quiet_and_writes_under_outputs(tmp_path):
+    """`python recipes/train_schedule.py --tiny` (here 2 steps): under 100 lines, no truncation notice about
+    empty strings, no torchvision notices, nothing written outside `outputs/` of the working directory."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    script = ROOT / "recipes" / "train_schedule.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--tiny", "--max_steps", "2", "--num_eval_prompts", "2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    assert len(output.splitlines()) < 100, output
+    assert "truncated" not in output and "requires torchvision" not in output, output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
+    summary = json.loads((tmp_path / "outputs" / "tiny" / "summary.json").read_text())
+    assert summary["train_steps"] == 2
+
+
+def test_tiny_config_is_a_quick_run(recipe):
+    _, args = recipe.make_parser().parse_args_and_config(args=["--config", recipe.TINY_CONFIG, "--tiny"])
+    assert args.max_steps <= 50 and args.output_dir == "outputs/tiny" and args.use_cpu
+
+
+def test_help_puts_config_and_schedule_options_first(recipe):
+    text = recipe.make_parser().format_help()
+    assert text.index("--config FILE.yaml") < text.index("ScheduleRL options") < text.index("--num_steps")
+    assert text.index("--num_steps") < text.index("--baseline") < text.index("script options")
+    assert text.index("script options") < text.index("--tiny_family") < text.index("Trainer options")
+    assert text.index("Trainer options") < text.index("--per_device_eval_batch_size")
+    assert text.splitlines()[0].startswith("usage: python recipes/train_schedule.py")
+
+
+def test_resume_argument(recipe):
+    assert recipe._resume_argument("true") is True and recipe._resume_argument("True") is True
+    assert recipe._resume_argument(None) is None and recipe._resume_argument("false") is None
+    assert recipe._resume_argument("out/checkpoint-4") == "out/checkpoint-4"
+
+
+def test_sigterm_saves_then_exits_without_evaluating(recipe, tmp_path, monkeypatch):
+    """SIGTERM at step 2 of 6: the recipe saves checkpoint-2 and returns at once: no evaluation, no final
+    save, and summary.json says it was interrupted and how to resume (which then completes the run)."""
+    import signal
+
+    from transformers import TrainerCallback
+
+    class SigtermAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                signal.raise_signal(signal.SIGTERM)
+
+    class Trainer(recipe.ScheduleRLTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, callbacks=[SigtermAt()], **kwargs)
+
+        def evaluate(self, *args, **kwargs):
+            raise AssertionError("evaluate() ran after SIGTERM")
+
+    monkeypatch.setattr(recipe, "ScheduleRLTrainer", Trainer)
+    out = tmp_path / "out"
+    argv = ["--tiny", "--max_steps", "6", "--output_dir", str(out), "--num_eval_prompts", "2"]
+    trainer = recipe.main(argv)
+    assert trainer.interrupted and trainer.state.global_step == 2
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (out / "model.safetensors").exists()  # no final save
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["train_steps"] == 2 and "reward_learned" not in summary
+    assert summary["checkpoint"] == str(out / "checkpoint-2")
+    assert summary["resume"].endswith("--resume_from_checkpoint true") and "--tiny" in summary["resume"]
+    monkeypatch.undo()
+    resumed = recipe.main([*argv, "--resume_from_checkpoint", "true"])
+    assert resumed.state.global_step == 6 and not resumed.interrupted
+    assert "interrupted" not in json.loads((out / "summary.json").read_text())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from . import _quiet
 from .estimators import (
     BaselineOutput,
     CrossContextBaseline,
@@ -21,6 +22,8 @@ from .estimators import (
 )
 
 __version__ = "0.1.0.dev0"
+
+_quiet.install()
 
 # public name -> submodule that defines it (imported on first access)
 _LAZY = {

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .._quiet import warn_if_truncated
 from ..schedules import eval_times, flow_match_default_schedule, flux_mu
 from .base import Conditioning, check_prompts
 from .flow_match import FlowMatchScheduleSampler, vae_decode
@@ -113,6 +114,7 @@ class FluxScheduleSampler(FlowMatchScheduleSampler):
         mask = pipe.tokenizer_2(
             prompts, padding="max_length", max_length=msl, truncation=True, return_tensors="pt"
         ).attention_mask.to(self.device)
+        warn_if_truncated(pipe.tokenizer_2, prompts, msl)
         extras = {}
         if self.denoiser.config.guidance_embeds:
             scale = self.guidance_scale if guidance_scale is None else guidance_scale

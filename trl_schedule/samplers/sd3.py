@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .._quiet import warn_if_truncated
 from ..schedules import eval_times, flow_match_default_schedule, flux_mu
 from .base import Conditioning, check_prompts
 from .flow_match import FlowMatchScheduleSampler, vae_decode
@@ -119,6 +120,7 @@ class SD3ScheduleSampler(FlowMatchScheduleSampler):
             t5_mask = pipe.tokenizer_3(
                 prompts, padding="max_length", max_length=t5_len, truncation=True, return_tensors="pt"
             ).attention_mask
+            warn_if_truncated(pipe.tokenizer_3, prompts, t5_len)
         else:  # no T5: the pipeline feeds zeros, which carry nothing
             t5_mask = torch.zeros(len(prompts), t5_len, dtype=clip_mask.dtype)
         cond = Conditioning(
