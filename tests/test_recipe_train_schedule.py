@@ -308,6 +308,16 @@ def test_embedded_default_main_job(recipe, tmp_path, monkeypatch):
     )  # the testbed's default is uniform
     assert (out / "eval" / "step_000002_default_uniform_learned.png").exists()
     assert (out / "eval" / "step_000002_schedules.png").exists()
+    # the model card's quick start runs as written, next to the saved policy
+    import re
+
+    card = (out / "README.md").read_text()
+    assert str(tmp_path) not in card
+    (code,) = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+    monkeypatch.chdir(out.parent)
+    namespace: dict = {}
+    exec(compile(code, "model card", "exec"), namespace)
+    assert namespace["images"].shape == (1, 3, 32, 32)
 
 
 @pytest.mark.slow

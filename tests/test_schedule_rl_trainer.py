@@ -240,6 +240,10 @@ def test_save_model_round_trip(pipes, tmp_path):
     card = (out / "README.md").read_text()
     assert "ScheduledPipeline.from_pretrained" in card and "2511.22177" in card and "contrast" in card
     assert "trl_schedule: 0.1.0" in card and "sdxl" in card
+    assert str(tmp_path) not in card  # no path of the training machine
+    assert 'from_pretrained(pipe, "policy", height=32, width=32, guidance_scale=5.0)' in card
+    assert repr(prompt_dataset()[0]["prompt"]) in card  # an example from the training prompts
+    assert "StableDiffusionXLPipeline" in card
 
     loaded = DirichletSchedulePolicy.from_pretrained(out)
     trained = trainer.model.state_dict()
@@ -517,24 +521,35 @@ def test_config_defaults_follow_the_paper(tmp_path):
 
 
 def test_metrics_reach_tensorboard(pipes, tmp_path):
-    """`report_to="tensorboard"`: the step metrics (reward, alpha, schedule, timings) land in event files."""
+    """`report_to="tensorboard"`: the step metrics (reward, alpha, schedule, timings) land in event files, and
+    so do the rollout and evaluation figures (not only the PNGs)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     trainer = ScheduleRLTrainer(
         pipeline=pipes["sd3"],
         policy=tiny_policy_config(),
         reward_funcs=contrast,
-        args=tiny_args(tmp_path, family="sd3", report_to="tensorboard"),
+        args=tiny_args(
+            tmp_path,
+            family="sd3",
+            report_to="tensorboard",
+            log_images_steps=1,
+            eval_strategy="steps",
+            eval_steps=2,
+        ),
         train_dataset=prompt_dataset(),
+        eval_dataset=prompt_dataset(4),
     )
     trainer.train()
     events = list(tmp_path.rglob("events.out.tfevents.*"))
     assert events, "no tensorboard event file written"
-    tags = set()
+    tags, images = set(), set()
     for event in events:
-        accumulator = EventAccumulator(str(event))
+        accumulator = EventAccumulator(str(event), size_guidance={"images": 0})
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"])
+        images |= set(accumulator.Tags()["images"])
+    assert {"rollouts/images", "rollouts/schedules", "eval/images", "eval/schedules"} <= images, images
     for tag in (
         "train/reward",
         "train/baseline/alpha",

@@ -210,6 +210,23 @@ class DirichletSchedulePolicyConfig(PretrainedConfig):
             kwargs["init_schedule"] = times_to_tau(torch.cat([times, times.new_zeros(1)])).tolist()
         return cls(num_steps=num_steps, init=init, **sampler.policy_input_dims(), **kwargs)
 
+    def check_fits(self, num_steps: int, dims: dict[str, int | None], family: str) -> None:
+        """Raise unless this config draws `num_steps`+1 intervals and has the input widths `dims` of a sampler
+        (`latent_channels`, `text_dim`, `pooled_dim`: `ScheduleSampler.policy_input_dims()` or, before loading,
+        `config_dims`) of the `family`."""
+        if self.num_steps != num_steps:
+            raise ValueError(
+                f"The policy has num_steps={self.num_steps} but `args.num_steps`={num_steps}: a Dirichlet policy "
+                f"draws exactly num_steps+1 intervals. Set ScheduleRLConfig(num_steps={self.num_steps}) or build "
+                f"the policy with num_steps={num_steps}."
+            )
+        for key, value in dims.items():
+            if getattr(self, key) != value:
+                raise ValueError(
+                    f"The policy has {key}={getattr(self, key)} but the {family} sampler gives {value}; build "
+                    f"the policy with {key}={value} (or pass policy=None to size it automatically)."
+                )
+
     def initial_concentrations(self) -> torch.Tensor:
         """The concentrations every instance gets at initialisation, `(L+1,)` float64."""
         n = self.num_steps + 1

@@ -84,6 +84,7 @@ from .rollout import (
     seeded_rng,
 )
 from .samplers import ScheduleSampler, sampler_for
+from .samplers.configs import check_before_loading
 from .schedule_rl_config import ScheduleRLConfig, check_num_rollouts
 from .schedules import eval_times, uniform_schedule
 
@@ -179,6 +180,13 @@ class ScheduleRLTrainer(_BaseTrainer):
         if isinstance(self.estimator, JamesSteinBaseline) and contexts_per_step < 3:
             warn_too_few_groups(contexts_per_step)
 
+        if isinstance(pipeline, (str, os.PathLike)):  # what the config files tell, before any weight loads
+            check_before_loading(
+                pipeline,
+                {key: getattr(args, key) for key in _SAMPLER_OPTIONS if getattr(args, key) is not None},
+                policy.config if isinstance(policy, DirichletSchedulePolicy) else policy,
+                args.num_steps,
+            )
         # 2. the frozen pipeline and its sampler, then the policy (shape-checked against the sampler)
         self.pipeline = self._load_pipeline(pipeline, args)
         options = {key: getattr(args, key) for key in _SAMPLER_OPTIONS if getattr(args, key) is not None}
@@ -294,21 +302,7 @@ class ScheduleRLTrainer(_BaseTrainer):
                 f"`policy` must be a DirichletSchedulePolicy, a DirichletSchedulePolicyConfig or None, got "
                 f"{type(policy).__name__}."
             )
-        config = policy.config
-        if config.num_steps != args.num_steps:
-            raise ValueError(
-                f"The policy has num_steps={config.num_steps} but `args.num_steps`={args.num_steps}: a "
-                "Dirichlet policy draws exactly num_steps+1 intervals. Set "
-                f"ScheduleRLConfig(num_steps={config.num_steps}) or build the policy with "
-                f"num_steps={args.num_steps}."
-            )
-        for key, value in self.sampler.policy_input_dims().items():
-            if getattr(config, key) != value:
-                raise ValueError(
-                    f"The policy has {key}={getattr(config, key)} but the {self.sampler.family} sampler "
-                    f"gives {value}; build the policy with {key}={value} (or pass policy=None to size it "
-                    "automatically)."
-                )
+        policy.config.check_fits(args.num_steps, self.sampler.policy_input_dims(), self.sampler.family)
         return policy
 
     # ---------------------------------------------------------------------------------------- data plumbing
@@ -581,13 +575,21 @@ class ScheduleRLTrainer(_BaseTrainer):
             return
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         tags = {tags} if isinstance(tags, str) else set(tags or ())
+        sampler = self.sampler
+        options = {"height": sampler.height, "width": sampler.width}
+        options.update(
+            {k: getattr(sampler, k) for k in ("guidance_scale", "max_sequence_length") if hasattr(sampler, k)}
+        )
         write_model_card(
             output_dir,
             model_name=model_name,
-            model_id=self.args.hub_model_id or output_dir,
-            tags=tags | set(self._tag_names) | {self.sampler.family},
-            family=self.sampler.family,
-            pipeline_name=getattr(self.pipeline, "name_or_path", None) or type(self.pipeline).__name__,
+            hub_model_id=self.args.hub_model_id,
+            tags=tags | set(self._tag_names) | {sampler.family},
+            family=sampler.family,
+            pipeline_name=getattr(self.pipeline, "name_or_path", None),
+            pipeline_class=type(self.pipeline).__name__,
+            sampler_options=options,
+            example_prompt=self.train_dataset[0][self.args.prompt_column],
             num_steps=self.args.num_steps,
             num_rollouts=self.args.num_rollouts,
             baseline=getattr(self.estimator, "name", type(self.estimator).__name__),

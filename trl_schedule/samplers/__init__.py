@@ -35,8 +35,23 @@ __all__ = [
     "SDXLScheduleSampler",
     "ScheduleSampler",
     "TestbedScheduleSampler",
+    "check_sampler_options",
     "sampler_for",
 ]
+
+
+def check_sampler_options(sampler_cls: type[ScheduleSampler], options: dict[str, Any]) -> None:
+    """Raise unless every key of `options` is a constructor option of `sampler_cls` (naming it and the
+    options there are)."""
+    accepted = [
+        p for p in inspect.signature(sampler_cls.__init__).parameters if p not in ("self", "pipeline")
+    ]
+    for key, value in options.items():
+        if key not in accepted:
+            raise ValueError(
+                f"`{key}`={value!r} is not an option of {sampler_cls.__name__} ({sampler_cls.family}), which "
+                f"takes {accepted}; drop it (in ScheduleRLConfig: set it to None) for this pipeline."
+            )
 
 
 def sampler_for(pipe: Any, **kwargs: Any) -> ScheduleSampler:
@@ -53,15 +68,7 @@ def sampler_for(pipe: Any, **kwargs: Any) -> ScheduleSampler:
     names = {cls.__name__ for cls in type(pipe).__mro__}
     for sampler_cls in SAMPLERS:
         if names.intersection(sampler_cls.pipeline_classes):
-            options = [
-                p for p in inspect.signature(sampler_cls.__init__).parameters if p not in ("self", "pipeline")
-            ]
-            for key, value in kwargs.items():
-                if key not in options:
-                    raise ValueError(
-                        f"`{key}`={value!r} is not an option of {sampler_cls.__name__} ({sampler_cls.family}), "
-                        f"which takes {options}; drop it (in ScheduleRLConfig: set it to None) for this pipeline."
-                    )
+            check_sampler_options(sampler_cls, kwargs)
             return sampler_cls(pipe, **kwargs)
     supported = sorted(name for sampler_cls in SAMPLERS for name in sampler_cls.pipeline_classes)
     raise ValueError(

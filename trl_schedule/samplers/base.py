@@ -127,6 +127,18 @@ def check_schedule(times: torch.Tensor) -> torch.Tensor:
     return validate_times(times[None].to(torch.float64), name="times")[0]
 
 
+def check_image_size(height: int, width: int, multiple: int, rule: str) -> tuple[int, int]:
+    """`(height, width)` as ints, or a ValueError saying why they must be multiples of `multiple` (`rule`)
+    and what to pass."""
+    p = multiple
+    if height % p or width % p or height <= 0 or width <= 0:
+        raise ValueError(
+            f"height={height}, width={width}: {rule} = {p} px. Pass e.g. "
+            f"height={max(p, height // p * p)}, width={max(p, width // p * p)}."
+        )
+    return int(height), int(width)
+
+
 class ScheduleSampler(ABC):
     """A frozen diffusers pipeline driven with one schedule per row.
 
@@ -176,13 +188,7 @@ class ScheduleSampler(ABC):
         return self.pipeline.vae_scale_factor
 
     def _check_size(self, height: int, width: int) -> tuple[int, int]:
-        p = self.size_multiple
-        if height % p or width % p or height <= 0 or width <= 0:
-            raise ValueError(
-                f"height={height}, width={width}: {self.size_rule} = {p} px. Pass e.g. "
-                f"height={max(p, height // p * p)}, width={max(p, width // p * p)}."
-            )
-        return int(height), int(width)
+        return check_image_size(height, width, self.size_multiple, self.size_rule)
 
     def resized(self, height: int | None = None, width: int | None = None) -> ScheduleSampler:
         """A sampler like this one (same pipeline and options) for `height` x `width` px images; `self` when
@@ -193,6 +199,13 @@ class ScheduleSampler(ABC):
         other = copy.copy(self)
         other._height, other._width = height, width
         return other
+
+    @classmethod
+    def config_dims(cls, configs: dict[str, dict[str, Any]]) -> dict[str, int | None]:
+        """From the components' saved configs (:mod:`trl_schedule.samplers.configs`), before any weight loads:
+        `size_multiple` (pixels), `default_size` (pixels) and the policy widths of :meth:`policy_input_dims`
+        (`latent_channels`, `text_dim`, `pooled_dim`). Each family implements it; None: it cannot tell."""
+        return None
 
     @property
     def device(self) -> torch.device:

@@ -17,6 +17,7 @@ import torch
 from .._quiet import warn_if_truncated
 from ..schedules import eval_times, flow_match_default_schedule, flux_mu
 from .base import Conditioning, check_prompts
+from .configs import vae_scale_factor
 from .flow_match import FlowMatchScheduleSampler, vae_decode
 
 
@@ -66,6 +67,18 @@ class FluxScheduleSampler(FlowMatchScheduleSampler):
     @property
     def denoiser(self) -> torch.nn.Module:
         return self.pipeline.transformer
+
+    @classmethod
+    def config_dims(cls, configs):
+        """Flux: packed 2x2 patches (multiple ``2 * vae_scale_factor``), T5 states, CLIP's pooled output."""
+        factor = vae_scale_factor(configs)
+        return {
+            "size_multiple": 2 * factor,
+            "default_size": 128 * factor,  # FluxPipeline.default_sample_size
+            "latent_channels": configs["transformer"]["in_channels"] // 4,
+            "text_dim": configs["text_encoder_2"]["d_model"],
+            "pooled_dim": configs["text_encoder"]["hidden_size"],
+        }
 
     @property
     def size_multiple(self) -> int:

@@ -18,6 +18,7 @@ import torch
 from .._quiet import warn_if_truncated
 from ..schedules import eval_times, flow_match_default_schedule, flux_mu
 from .base import Conditioning, check_prompts
+from .configs import vae_scale_factor
 from .flow_match import FlowMatchScheduleSampler, vae_decode
 
 
@@ -59,6 +60,23 @@ class SD3ScheduleSampler(FlowMatchScheduleSampler):
     @property
     def denoiser(self) -> torch.nn.Module:
         return self.pipeline.transformer
+
+    @classmethod
+    def config_dims(cls, configs):
+        """SD3: patchified latents (multiple ``vae_scale_factor * patch_size``); CLIP states padded to the T5
+        width (the transformer's `joint_attention_dim` without T5); the two CLIPs' projections, concatenated."""
+        factor, transformer = vae_scale_factor(configs), configs["transformer"]
+        t5 = configs.get("text_encoder_3")
+        pooled = sum(
+            configs[name]["projection_dim"] for name in ("text_encoder", "text_encoder_2") if name in configs
+        )
+        return {
+            "size_multiple": factor * transformer["patch_size"],
+            "default_size": transformer["sample_size"] * factor,
+            "latent_channels": transformer["in_channels"],
+            "text_dim": t5["d_model"] if t5 else transformer["joint_attention_dim"],
+            "pooled_dim": pooled,
+        }
 
     size_rule = (
         "SD3 patchifies the latent, so both must be positive multiples of vae_scale_factor * patch_size"

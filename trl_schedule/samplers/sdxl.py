@@ -41,6 +41,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..schedules import sdxl_default_times, sdxl_sigmas, sdxl_timesteps
 from .base import Conditioning, ScheduleSampler, check_prompts, check_rows, check_schedule
+from .configs import vae_scale_factor
 
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "original_sample")
 
@@ -115,6 +116,21 @@ class SDXLScheduleSampler(ScheduleSampler):
     @property
     def denoiser(self) -> torch.nn.Module:
         return self.pipeline.unet
+
+    @classmethod
+    def config_dims(cls, configs):
+        """SDXL: both text encoders' penultimate states concatenated, the second one's projection pooled."""
+        factor, unet = vae_scale_factor(configs), configs["unet"]
+        encoders = [configs[name] for name in ("text_encoder", "text_encoder_2") if name in configs]
+        return {
+            "size_multiple": factor,
+            "default_size": unet["sample_size"] * factor,
+            "latent_channels": unet["in_channels"],
+            "text_dim": sum(encoder["hidden_size"] for encoder in encoders),
+            "pooled_dim": configs["text_encoder_2"]["projection_dim"]
+            if "text_encoder_2" in configs
+            else None,
+        }
 
     @property
     def scheduler(self) -> Any:

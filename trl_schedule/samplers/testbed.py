@@ -58,6 +58,19 @@ class TestbedScheduleSampler(FlowMatchScheduleSampler):
     def denoiser(self) -> torch.nn.Module:
         return self.pipeline.unet
 
+    @classmethod
+    def config_dims(cls, configs):
+        """The testbed: pixel space (no VAE), the UNet halves the size per level; CLIP-style states and the
+        state at ``<eos>`` pooled."""
+        unet, text = configs["unet"], configs["text_encoder"]
+        return {
+            "size_multiple": 2 ** (len(unet["block_out_channels"]) - 1),
+            "default_size": unet["sample_size"],
+            "latent_channels": unet["in_channels"],
+            "text_dim": text["hidden_size"],
+            "pooled_dim": text["hidden_size"],
+        }
+
     @property
     def size_multiple(self) -> int:
         return 2 ** (len(self.denoiser.config.block_out_channels) - 1)
