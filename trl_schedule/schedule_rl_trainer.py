@@ -117,7 +117,9 @@ class ScheduleRLTrainer(_BaseTrainer):
             the other dataset columns as keyword arguments (one value per image), so accept `**kwargs`. None /
             NaN marks an unscorable image. Each is wrapped with `trl_schedule.rewards.as_reward_function`
             (errors name the function; inf becomes NaN with a warning). `nn.Module` rewards are moved to the
-            device and frozen.
+            device and frozen. A reward is first called in the first training step, after its first denoise
+            and decode: a wrong output shape or a raising reward fails there, naming the function (score a
+            few images yourself first if that step is expensive).
         args ([`ScheduleRLConfig`], *optional*): defaults to `ScheduleRLConfig("ScheduleRL")`.
         train_dataset (`datasets.Dataset`, `DatasetDict` or `str`):
             Prompts (column `args.prompt_column`), or a local file / directory / hub name to load them from.
