@@ -21,7 +21,16 @@ from torch.utils.data import Sampler
 
 from ._diffusers_compat import brief, is_offline_error, looks_like_local_path, missing_path_error
 
-__all__ = ["DATA_FILE_BUILDERS", "ContextSampler", "load_prompt_dataset"]
+__all__ = [
+    "DATA_FILE_BUILDERS",
+    "HPDV2_STYLES",
+    "ContextSampler",
+    "load_hpdv2_prompts",
+    "load_prompt_dataset",
+]
+
+HPDV2_STYLES = ("anime", "concept-art", "paintings", "photo")
+"""The four styles of HPD v2's benchmark prompts (`zhwang/HPDv2`, `benchmark/<style>.json`, 800 prompts each)."""
 
 DATA_FILE_BUILDERS = {
     ".json": "json",
@@ -135,6 +144,42 @@ def _load_file(path: str, name: str, split: str) -> Dataset:
             "was asked for. Pass the file of that split instead."
         )
     return load_dataset(DATA_FILE_BUILDERS[suffix], data_files=path, split="train")
+
+
+def load_hpdv2_prompts(
+    source: str | os.PathLike = "zhwang/HPDv2", styles: str | tuple[str, ...] = HPDV2_STYLES
+) -> Dataset:
+    """HPD v2's benchmark prompts (Wu et al., 2023, arXiv 2306.09341), the prompts HPSv2 is evaluated on, as a
+    `Dataset` with columns `prompt` and `style`, in file order, style by style.
+
+    Each `benchmark/<style>.json` of the `zhwang/HPDv2` dataset repo is a JSON list of prompts (as hpsv2's
+    `benchmark_prompts` reads them).
+
+    Args:
+        source: the hub dataset repo (read through the hub cache), or a local folder holding `<style>.json` or
+            `benchmark/<style>.json`. On a networked machine: `hf download zhwang/HPDv2 --repo-type dataset
+            --include "benchmark/*.json" --local-dir HPDv2`.
+        styles: one style or several of :data:`HPDV2_STYLES`.
+    """
+    import json
+
+    from .hub import resolve_file
+
+    styles = (styles,) if isinstance(styles, str) else tuple(styles)
+    unknown = sorted(set(styles) - set(HPDV2_STYLES))
+    if unknown or not styles:
+        raise ValueError(f"`styles`={styles!r}: HPD v2's benchmark styles are {HPDV2_STYLES}.")
+    prompts, names = [], []
+    for style in styles:
+        path = resolve_file(
+            source, f"{style}.json", name="source", repo_type="dataset", subfolder="benchmark"
+        )
+        rows = json.loads(Path(path).read_text())
+        if not isinstance(rows, list) or not all(isinstance(p, str) for p in rows):
+            raise ValueError(f"{path} is not a JSON list of prompt strings (HPD v2's benchmark format).")
+        prompts += rows
+        names += [style] * len(rows)
+    return Dataset.from_dict({"prompt": prompts, "style": names})
 
 
 class ContextSampler(Sampler[int]):
