@@ -567,7 +567,7 @@ def _config(
         num_steps=num_steps,
         height=resolution,
         width=resolution,
-        max_sequence_length=16 if args.tiny and family != "sdxl" else None,
+        max_sequence_length=16 if args.tiny and family in ("flux", "sd3") else None,
         baseline=args.baseline,
         bf16=False,  # the policy trains in float32; the frozen pipeline runs in the dtype it was built in
         torch_dtype="float32" if device.type == "cpu" else "bfloat16",
@@ -589,7 +589,7 @@ def _tiny_policy(family: str, pipe, resolution: int, num_steps: int):
     from trl_schedule.policy import DirichletSchedulePolicyConfig
     from trl_schedule.samplers import sampler_for
 
-    kwargs = {} if family == "sdxl" else {"max_sequence_length": 16}
+    kwargs = {"max_sequence_length": 16} if family in ("flux", "sd3") else {}
     sampler = sampler_for(pipe, height=resolution, width=resolution, **kwargs)
     return DirichletSchedulePolicyConfig.for_sampler(
         sampler, num_steps, channels=(8, 16), text_hidden=16, head_hidden=16, num_attention_heads=2

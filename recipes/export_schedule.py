@@ -43,7 +43,7 @@ from trl import TrlParser
 
 from trl_schedule.prompts import load_prompt_dataset
 from trl_schedule.scheduled_pipeline import ScheduledPipeline
-from trl_schedule.testing import TINY_FAMILIES, TINY_IMAGE_SIZE, tiny_pipeline
+from trl_schedule.testing import TINY_FAMILIES, TINY_IMAGE_SIZE, TINY_T5_FAMILIES, tiny_pipeline
 
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -160,7 +160,7 @@ def sampler_options(args: ExportArguments) -> dict[str, Any]:
     if args.tiny:  # what train_schedule.py --tiny uses
         options["height"] = options["height"] or TINY_IMAGE_SIZE
         options["width"] = options["width"] or TINY_IMAGE_SIZE
-        if args.tiny_family != "sdxl":
+        if args.tiny_family in TINY_T5_FAMILIES:
             options["max_sequence_length"] = options["max_sequence_length"] or 16
     return {name: value for name, value in options.items() if value is not None}
 

@@ -75,7 +75,7 @@ from trl_schedule.rewards import HPSV2_CHECKPOINTS, CLIPScoreReward, HPSv2Reward
 from trl_schedule.samplers import sampler_for
 from trl_schedule.schedule_rl_config import ScheduleRLConfig
 from trl_schedule.schedule_rl_trainer import ScheduleRLTrainer
-from trl_schedule.testing import TINY_FAMILIES, TINY_IMAGE_SIZE, tiny_pipeline
+from trl_schedule.testing import TINY_FAMILIES, TINY_IMAGE_SIZE, TINY_T5_FAMILIES, tiny_pipeline
 
 REWARD_NAMES = ("hpsv2:<checkpoint>", "clip:<model>", "testbed", "brightness")
 TESTBED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "testbed.yaml")
@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> ScheduleRLTrainer:
     if script_args.tiny:  # tiny pipelines are meant for 32x32 px and short T5 sequences
         training_args.height = training_args.height or TINY_IMAGE_SIZE
         training_args.width = training_args.width or TINY_IMAGE_SIZE
-        if script_args.tiny_family != "sdxl":
+        if script_args.tiny_family in TINY_T5_FAMILIES:
             training_args.max_sequence_length = training_args.max_sequence_length or TINY_MAX_SEQUENCE_LENGTH
 
     if script_args.tiny and training_args.policy_init != "uniform":

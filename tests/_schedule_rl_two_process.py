@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 from trl_schedule.policy import DirichletSchedulePolicyConfig
 from trl_schedule.schedule_rl_config import ScheduleRLConfig
 from trl_schedule.schedule_rl_trainer import ScheduleRLTrainer
-from trl_schedule.testing import tiny_pipeline
+from trl_schedule.testing import TINY_T5_FAMILIES, tiny_pipeline
 
 TEXT_DIMS = {"flux": 32, "sd3": 32, "sdxl": 64}  # widths of the tiny pipelines' text states
 
@@ -56,7 +56,7 @@ def tiny_args(output_dir, family: str = "flux", **overrides) -> ScheduleRLConfig
         max_steps=2,
         height=32,
         width=32,
-        max_sequence_length=None if family == "sdxl" else 16,
+        max_sequence_length=16 if family in TINY_T5_FAMILIES else None,
         learning_rate=1e-2,
         logging_steps=1,
         save_strategy="no",

@@ -96,7 +96,7 @@ def _smoke_args(data: str, out: Path, family: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["flux", "sd3", "sdxl"])
+@pytest.mark.parametrize("family", ["flux", "sd3", "sdxl", "sd"])
 def test_tiny_run_trains_evaluates_and_saves(recipe, tmp_path, monkeypatch, family):
     from trl_schedule.policy import DirichletSchedulePolicy
 

@@ -18,13 +18,13 @@ from trl_schedule.testing import tiny_pipeline
 def saved(tmp_path_factory):
     """The tiny pipelines of every family saved with save_pretrained."""
     folders = {}
-    for family in ("flux", "sd3", "sdxl"):
+    for family in ("flux", "sd3", "sdxl", "sd"):
         folders[family] = tmp_path_factory.mktemp(family)
         tiny_pipeline(family).save_pretrained(folders[family])
     return folders
 
 
-@pytest.mark.parametrize("family", ["flux", "sd3", "sdxl", "testbed"])
+@pytest.mark.parametrize("family", ["flux", "sd3", "sdxl", "sd", "testbed"])
 def test_config_dims_equal_what_the_loaded_sampler_measures(saved, family):
     if family == "testbed":
         from trl_schedule.testbed import load_testbed_pipeline

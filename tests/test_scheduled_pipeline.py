@@ -8,9 +8,10 @@ from diffusers import EulerDiscreteScheduler
 
 from trl_schedule.policy import DirichletSchedulePolicy, DirichletSchedulePolicyConfig
 from trl_schedule.samplers import sampler_for
+from trl_schedule.samplers.vp import VPScheduleSampler
 from trl_schedule.scheduled_pipeline import ScheduledPipeline, ScheduledPipelineOutput
 from trl_schedule.schedules import clamp_intervals, eval_times, sdxl_default_schedule, sdxl_sigmas
-from trl_schedule.testing import TINY_FAMILIES, tiny_pipeline
+from trl_schedule.testing import TINY_FAMILIES, TINY_T5_FAMILIES, tiny_pipeline
 
 SIZE = 32
 L = 2
@@ -18,7 +19,7 @@ PROMPTS = ["a red cube", "two cats on a sofa"]
 
 
 def _sampler_kwargs(family):
-    msl = {} if family == "sdxl" else {"max_sequence_length": 16}
+    msl = {"max_sequence_length": 16} if family in TINY_T5_FAMILIES else {}
     return {"height": SIZE, "width": SIZE, **msl}
 
 
@@ -185,7 +186,7 @@ def _stock_kwargs(family):
 
 def _as_stock_runs(sampler, times: torch.Tensor) -> torch.Tensor:
     """The times a stock call runs: flow matching ends at 0 (the stopping margin is dropped), SDXL as is."""
-    if sampler.family == "sdxl":
+    if isinstance(sampler, VPScheduleSampler):
         return times
     return torch.cat([times[..., :-1], torch.zeros_like(times[..., -1:])], dim=-1)
 

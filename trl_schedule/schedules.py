@@ -413,6 +413,14 @@ def sdxl_default_times(scheduler: Any, num_steps: int) -> torch.Tensor:
     fresh.set_timesteps(num_steps)
     num_train = int(scheduler.config.num_train_timesteps)
     timesteps = torch.as_tensor(fresh.timesteps, dtype=torch.float64)
+    if float(timesteps[-1]) <= 0:
+        spacing = scheduler.config.get("timestep_spacing", "linspace")
+        raise ValueError(
+            f"The scheduler's {num_steps}-step schedule (timestep_spacing={spacing!r}) evaluates the model at "
+            "training timestep 0, whose noise level is sigma_min > 0: the time map sends t = 0 to sigma = 0, so "
+            "this schedule has no times. Use timestep_spacing='leading' or 'trailing' (SD and SDXL's configs use "
+            "'leading')."
+        )
     times = torch.cat([timesteps / (num_train - 1), timesteps.new_zeros(1)])
     return validate_times(times[None], name="sdxl_default_times")[0]
 

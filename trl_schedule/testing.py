@@ -1,7 +1,7 @@
 """Tiny random diffusers pipelines built entirely in code: seeded, offline, CPU, float32.
 
 They are the real diffusers pipeline classes (`FluxPipeline`, `StableDiffusion3Pipeline`,
-`StableDiffusionXLPipeline`) with tiny random components, modelled on diffusers' own dummy-component tests
+`StableDiffusionXLPipeline`, `StableDiffusionPipeline`) with tiny random components, modelled on diffusers' own dummy-component tests
 (`tests/pipelines/*/test_pipeline_*.py::get_dummy_components`). Tokenizers are built from in-memory
 vocabularies (byte-level CLIP BPE with no merges, a character-level T5 Unigram), so nothing is ever fetched
 from the hub.
@@ -35,7 +35,9 @@ TINY_IMAGE_SIZE = 32
 TINY_CLIP_MAX_LENGTH = 77
 """`model_max_length` of the tiny CLIP tokenizers (and their encoders' position table)."""
 
-TINY_FAMILIES = ("flux", "sd3", "sdxl")
+TINY_FAMILIES = ("flux", "sd3", "sdxl", "sd")
+TINY_T5_FAMILIES = ("flux", "sd3")
+"""The families with a T5 branch: their samplers take `max_sequence_length` (pass 16-64 for the tiny ones)."""
 
 
 def _frozen(module: torch.nn.Module) -> torch.nn.Module:
@@ -311,12 +313,68 @@ def tiny_sdxl_pipeline(seed: int = 0):
     )
 
 
-_BUILDERS = {"flux": tiny_flux_pipeline, "sd3": tiny_sd3_pipeline, "sdxl": tiny_sdxl_pipeline}
+def tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon", timestep_spacing: str = "leading"):
+    """A tiny random `StableDiffusionPipeline` (SD 1.x layout; SD 2.x with `prediction_type="v_prediction"`).
+
+    Components: a 2-level `UNet2DConditionModel` (cross-attention dim 32), 3-level `AutoencoderKL` (4 latent
+    channels, SD's scaling factor 0.18215), a tiny `CLIPTextModel` (32-d) and `EulerDiscreteScheduler` with SD
+    1.5's betas (scaled_linear 0.00085..0.012), `steps_offset` 1 and `timestep_spacing`. No safety checker.
+    Meant for 32x32 px (multiples of 4).
+    """
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    tokenizer = tiny_clip_tokenizer()
+    torch.manual_seed(seed)
+    unet = _frozen(
+        UNet2DConditionModel(
+            sample_size=TINY_IMAGE_SIZE // 4,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            cross_attention_dim=32,
+            norm_num_groups=4,
+        )
+    )
+    torch.manual_seed(seed + 1)
+    text_encoder = _frozen(CLIPTextModel(_clip_config(tokenizer, hidden_size=32, projection_dim=32)))
+    vae = _vae(seed + 2, latent_channels=4, scaling_factor=0.18215, shift_factor=None, quant_conv=True)
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type=prediction_type,
+        timestep_spacing=timestep_spacing,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+_BUILDERS = {
+    "flux": tiny_flux_pipeline,
+    "sd3": tiny_sd3_pipeline,
+    "sdxl": tiny_sdxl_pipeline,
+    "sd": tiny_sd_pipeline,
+}
 
 
 def tiny_pipeline(family: str, seed: int = 0, **kwargs: Any):
-    """The tiny random pipeline of `family` (`"flux"`, `"sd3"` or `"sdxl"`); extra kwargs go to its builder
-    (e.g. `guidance_embeds=True` for Flux)."""
+    """The tiny random pipeline of `family` (`"flux"`, `"sd3"`, `"sdxl"` or `"sd"`); extra kwargs go to its
+    builder (e.g. `guidance_embeds=True` for Flux, `prediction_type="v_prediction"` for SD)."""
     if family not in _BUILDERS:
         raise ValueError(f"family={family!r} has no tiny pipeline; pass one of {TINY_FAMILIES}.")
     pipe = _BUILDERS[family](seed=seed, **kwargs)

@@ -1,8 +1,9 @@
 """Schedule samplers: a frozen diffusers pipeline driven with one schedule per row (see :mod:`.base`).
 
 One file per model family: :mod:`.flux` (`FluxPipeline`), :mod:`.sd3` (`StableDiffusion3Pipeline`),
-:mod:`.sdxl` (`StableDiffusionXLPipeline`), :mod:`.testbed` (the embedded `TestbedPipeline`); what the
-flow-matching families share is in :mod:`.flow_match`. :func:`sampler_for` picks the right one for a pipeline.
+:mod:`.sdxl` (`StableDiffusionXLPipeline`), :mod:`.sd` (`StableDiffusionPipeline`, SD 1.x / 2.x),
+:mod:`.testbed` (the embedded `TestbedPipeline`); what the flow-matching families share is in :mod:`.flow_match`,
+what the noise-prediction (VP) families share in :mod:`.vp`. :func:`sampler_for` picks the right one for a pipeline.
 Tiny random pipelines of each family for tests are in :mod:`trl_schedule.testing`.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 from .base import Conditioning, ScheduleSampler
 from .flow_match import FlowMatchScheduleSampler
 from .flux import FluxScheduleSampler
+from .sd import SDScheduleSampler
 from .sd3 import SD3ScheduleSampler
 from .sdxl import SDXLScheduleSampler
 from .testbed import TestbedScheduleSampler
@@ -22,6 +24,7 @@ SAMPLERS: tuple[type[ScheduleSampler], ...] = (
     FluxScheduleSampler,
     SD3ScheduleSampler,
     SDXLScheduleSampler,
+    SDScheduleSampler,
     TestbedScheduleSampler,
 )
 """Every sampler class :func:`sampler_for` dispatches to."""
@@ -32,6 +35,7 @@ __all__ = [
     "FlowMatchScheduleSampler",
     "FluxScheduleSampler",
     "SD3ScheduleSampler",
+    "SDScheduleSampler",
     "SDXLScheduleSampler",
     "ScheduleSampler",
     "TestbedScheduleSampler",

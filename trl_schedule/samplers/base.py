@@ -169,8 +169,13 @@ class ScheduleSampler(ABC):
                 "sampler for your pipeline."
             )
         self.pipeline = pipeline
-        default = pipeline.default_sample_size * pipeline.vae_scale_factor
+        default = self.default_size(pipeline)
         self._height, self._width = self._check_size(height or default, width or default)
+
+    @staticmethod
+    def default_size(pipeline: Any) -> int:
+        """The pipeline's default image side in pixels: `default_sample_size * vae_scale_factor`."""
+        return pipeline.default_sample_size * pipeline.vae_scale_factor
 
     @property
     def height(self) -> int:
