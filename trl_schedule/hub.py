@@ -6,8 +6,8 @@ One resolver for every reward checkpoint and prompt file, so the rule and its er
     resolve_file("ckpt", "HPS_v2.1_compressed.pt")                         # ckpt/HPS_v2.1_compressed.pt
     resolve_file("xswu/HPSv2", "HPS_v2.1_compressed.pt")                   # the hub file (cache or download)
 
-A hub repo is only reached through `huggingface_hub.hf_hub_download`, so offline (or without network) only a
-cached copy works; a missing one fails with the command that downloads it.
+A hub repo is only reached through `huggingface_hub.hf_hub_download`, the local cache first, so offline (or
+without network) only a cached copy works; a missing one fails with the command that downloads it.
 """
 
 from __future__ import annotations
@@ -36,39 +36,58 @@ def resolve_file(
     name: str = "source",
     repo_type: str = "model",
     subfolder: str | None = None,
+    download: str | None = None,
+    suffixes: tuple[str, ...] = (".pt", ".pth", ".bin", ".safetensors", ".json", ".jsonl"),
 ) -> str:
     """The local path of `filename` given `source`: the file itself, a local folder holding it (directly or under
     `subfolder`), or a hub repo id (downloaded into, or read from, the hub cache).
 
+    Args:
+        source: what the user passed (a path or a hub repo id).
+        filename: the file to find.
+        name: how errors call the argument (e.g. `"checkpoint_path"`).
+        repo_type, subfolder: where the file lives in a hub repo.
+        download: the command that fetches it on a networked machine (default: :func:`download_command` of the
+            hub repo, when `source` is one).
+        suffixes: file suffixes that make `source` a local path, never a hub id.
+
     Raises:
-        FileNotFoundError: `source` looks like a local path and does not exist, or is a folder without the file.
-        ValueError: `source` is a hub id whose file is not cached locally and cannot be downloaded (offline):
-            the message gives the download command.
+        FileNotFoundError: naming the argument, what was looked for, and how to get it: `source` looks like a
+            local path and does not exist, is a folder without the file, or is a hub id whose file is not
+            cached locally and cannot be downloaded (offline).
     """
-    path = Path(os.path.expanduser(os.fspath(source)))
+    value = os.fspath(source)
+    path = Path(os.path.expanduser(value))
     if path.is_file():
         return str(path)
+    hint = f" On a machine with network: `{download}`." if download else ""
     if path.is_dir():
         for candidate in (path / filename, path / (subfolder or "") / filename):
             if candidate.is_file():
                 return str(candidate)
         raise FileNotFoundError(
-            f"`{name}`={os.fspath(source)!r} is a folder without {filename!r}"
+            f"`{name}`={value!r} is a folder without {filename!r}"
             + (f" (nor {subfolder}/{filename})" if subfolder else "")
-            + "; pass the file itself or the folder holding it."
+            + f"; pass the file itself or the folder holding it.{hint}"
         )
-    if looks_like_local_path(source) or isinstance(source, os.PathLike):
-        raise missing_path_error(name, source, f"a local {filename} or the folder holding it")
+    if looks_like_local_path(source, suffixes):
+        error = missing_path_error(name, source, f"a local {filename} or the folder holding it")
+        raise FileNotFoundError(f"{error}{hint}")
     from huggingface_hub import hf_hub_download
 
-    repo = os.fspath(source)
+    try:  # the local cache first: a cached file needs no network (and no retries while offline)
+        return hf_hub_download(
+            value, filename, subfolder=subfolder, repo_type=repo_type, local_files_only=True
+        )
+    except (FileNotFoundError, ValueError):  # not cached (LocalEntryNotFoundError), or not a valid repo id
+        pass
     try:
-        return hf_hub_download(repo, filename, subfolder=subfolder, repo_type=repo_type)
+        return hf_hub_download(value, filename, subfolder=subfolder, repo_type=repo_type)
     except Exception as err:
-        if is_offline_error(err) or "not found" in str(err).lower():
-            raise ValueError(
-                f"`{name}`={repo!r}: {filename} is not a local file and is not cached locally ({brief(err)}). "
-                f"On a machine with network: `{download_command(repo, filename, repo_type, subfolder)}`, then pass "
-                "the downloaded file or its folder."
+        if is_offline_error(err) or "not found" in str(err).lower() or "404" in str(err):
+            command = download or download_command(value, filename, repo_type, subfolder)
+            raise FileNotFoundError(
+                f"`{name}`={value!r}: {filename} is not a local file and is not cached locally ({brief(err)}). "
+                f"On a machine with network: `{command}`, then pass the downloaded file or its folder."
             ) from err
         raise
