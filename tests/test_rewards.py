@@ -1,14 +1,12 @@
-"""Tests for trl_schedule.rewards: the reward adapter, combine_rewards, CLIPScoreReward and HPSv2Reward.
+"""Tests for trl_schedule.rewards: the reward adapter, combine_rewards and CLIPScoreReward.
 
-Everything is offline: the CLIP model and tokenizer are tiny, built in code and saved to a temp dir; HPSv2's
-package is simulated (missing, or a fake module handing out a tiny CLIP-like tower).
+Everything is offline: the CLIP model and tokenizer are tiny, built in code and saved to a temp dir.
+HPSv2Reward is tested in tests/test_reward_hpsv2.py.
 """
 
 import json
 import logging
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -19,7 +17,6 @@ from trl_schedule.rewards import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
     CLIPScoreReward,
-    HPSv2Reward,
     RewardFunction,
     as_reward_function,
     clip_preprocess,
@@ -302,119 +299,6 @@ def test_clip_score_reads_saved_image_stats(tiny_clip_dir, tmp_path):
     x = images(2, 16, 16)
     expected = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     torch.testing.assert_close(reward.preprocess(x), expected)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# HPSv2Reward
-# ---------------------------------------------------------------------------------------------------------
-
-HPS_IMAGE_SIZE = 16
-
-
-class TinyOpenCLIP(torch.nn.Module):
-    """A CLIP-like two-tower module with open_clip's interface: `model(image, text)` -> dict of normalised
-    features (`output_dict=True`), `model.visual.image_size` a 2-tuple."""
-
-    def __init__(self, dim=8, vocab=64):
-        super().__init__()
-        self.visual = torch.nn.Sequential(torch.nn.Conv2d(3, dim, 4, stride=4), torch.nn.Flatten(2))
-        self.visual.image_size = (HPS_IMAGE_SIZE, HPS_IMAGE_SIZE)
-        self.token_embedding = torch.nn.Embedding(vocab, dim)
-        self.text_projection = torch.nn.Linear(dim, dim)
-        self.dropout = torch.nn.Dropout(0.5)  # must be off: the reward puts the model in eval mode
-
-    def encode_image(self, image):
-        return self.dropout(self.visual(image).mean(-1))
-
-    def encode_text(self, text):
-        return self.text_projection(self.token_embedding(text).mean(1))
-
-    def forward(self, image, text):
-        return {
-            "image_features": F.normalize(self.encode_image(image), dim=-1),
-            "text_features": F.normalize(self.encode_text(text), dim=-1),
-            "logit_scale": torch.tensor(100.0),
-        }
-
-
-def tiny_open_clip_tokenizer(texts, length=8, vocab=64):
-    rows = [[ord(c) % vocab for c in t[:length]] + [0] * (length - len(t[:length])) for t in texts]
-    return torch.tensor(rows, dtype=torch.long)
-
-
-def manual_hps(model, x, prompts):
-    with torch.no_grad():
-        out = model.eval()(clip_preprocess(x, HPS_IMAGE_SIZE), tiny_open_clip_tokenizer(prompts))
-        return torch.diagonal(out["image_features"] @ out["text_features"].T)
-
-
-def test_hpsv2_missing_checkpoint_names_path_and_source(tmp_path):
-    missing = tmp_path / "nowhere.pt"
-    with pytest.raises(FileNotFoundError, match=r"nowhere\.pt.*HPS_v2\.1_compressed\.pt.*xswu/HPSv2"):
-        HPSv2Reward(missing)
-    with pytest.raises(
-        FileNotFoundError, match=r"HPS_v2_compressed\.pt"
-    ):  # a directory without the v2.0 file
-        HPSv2Reward(tmp_path, version="v2.0")
-    with pytest.raises(ValueError, match=r"version='v3'.*v2\.1"):
-        HPSv2Reward(missing, version="v3")
-
-
-def test_hpsv2_missing_package_names_the_extra(tmp_path, monkeypatch):
-    checkpoint = tmp_path / "HPS_v2.1_compressed.pt"
-    checkpoint.write_bytes(b"not read: the import fails first")
-    monkeypatch.setitem(sys.modules, "hpsv2", None)  # `import hpsv2...` now raises ModuleNotFoundError
-    with pytest.raises(ImportError, match=r'pip install "trl_schedule\[hpsv2\]"') as info:
-        HPSv2Reward(tmp_path)  # a directory holding the v2.1 file
-    assert isinstance(info.value.__cause__, ImportError)
-
-
-def test_hpsv2_from_components_matches_manual():
-    torch.manual_seed(0)
-    model = TinyOpenCLIP()
-    preprocess = lambda x: clip_preprocess(x, HPS_IMAGE_SIZE)  # noqa: E731
-    reward = HPSv2Reward.from_components(model, preprocess, tiny_open_clip_tokenizer)
-    assert not reward.model.training and not any(p.requires_grad for p in reward.model.parameters())
-
-    x = images(4, 40, 24)
-    scores = as_reward_function(reward)(x, PROMPTS)
-    assert scores.shape == (4,) and bool(torch.isfinite(scores).all()) and bool((scores.abs() <= 1).all())
-    torch.testing.assert_close(scores, manual_hps(model, x, PROMPTS))
-    torch.testing.assert_close(reward(x, PROMPTS), scores, rtol=0, atol=0)
-
-
-def test_hpsv2_real_loading_path_with_fake_package(tmp_path, monkeypatch):
-    """The constructor's own code path: open_clip factory + tokenizer from `hpsv2.src.open_clip`, then the
-    checkpoint's `state_dict` loaded into the freshly built (differently initialised) tower."""
-    calls = {}
-
-    def create_model_and_transforms(name, **kwargs):
-        calls["create"] = (name, kwargs)
-        torch.manual_seed(123)  # different weights from the checkpoint's
-        return TinyOpenCLIP(), None, None
-
-    def get_tokenizer(name):
-        calls["tokenizer"] = name
-        return tiny_open_clip_tokenizer
-
-    fake = types.ModuleType("hpsv2.src.open_clip")
-    fake.create_model_and_transforms, fake.get_tokenizer = create_model_and_transforms, get_tokenizer
-    for name in ("hpsv2", "hpsv2.src"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, "hpsv2.src.open_clip", fake)
-
-    torch.manual_seed(0)
-    trained = TinyOpenCLIP()
-    torch.save({"state_dict": trained.state_dict(), "epoch": 1}, tmp_path / "HPS_v2.1_compressed.pt")
-
-    reward = HPSv2Reward(tmp_path / "HPS_v2.1_compressed.pt")
-    assert calls["create"][0] == "ViT-H-14" and calls["create"][1]["pretrained"] is None
-    assert calls["create"][1]["output_dict"] is True and calls["tokenizer"] == "ViT-H-14"
-    assert reward.version == "v2.1"
-    for name, tensor in trained.state_dict().items():
-        torch.testing.assert_close(reward.model.state_dict()[name], tensor)
-    x = images(4, 24, 36)
-    torch.testing.assert_close(reward(x, PROMPTS), manual_hps(trained, x, PROMPTS))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -40,6 +40,13 @@ _LAZY = {
     "RewardFunction": "rewards",
     "CLIPScoreReward": "rewards",
     "HPSv2Reward": "rewards",
+    "PickScoreReward": "rewards",
+    "ImageRewardScore": "rewards",
+    "AestheticReward": "rewards",
+    "GenEvalReward": "rewards",
+    "OCRReward": "rewards",
+    "build_reward": "rewards",
+    "SDScheduleSampler": "samplers",
     "as_reward_function": "rewards",
     "combine_rewards": "rewards",
     "ScheduleRLConfig": "schedule_rl_config",
@@ -67,6 +74,13 @@ __all__ = [
     "RewardFunction",
     "CLIPScoreReward",
     "HPSv2Reward",
+    "PickScoreReward",
+    "ImageRewardScore",
+    "AestheticReward",
+    "GenEvalReward",
+    "OCRReward",
+    "build_reward",
+    "SDScheduleSampler",
     "as_reward_function",
     "combine_rewards",
     "ScheduleRLConfig",
@@ -88,9 +102,27 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover
     from .policy import DirichletSchedulePolicy, DirichletSchedulePolicyConfig
-    from .rewards import CLIPScoreReward, HPSv2Reward, RewardFunction, as_reward_function, combine_rewards
+    from .rewards import (
+        AestheticReward,
+        CLIPScoreReward,
+        GenEvalReward,
+        HPSv2Reward,
+        ImageRewardScore,
+        OCRReward,
+        PickScoreReward,
+        RewardFunction,
+        as_reward_function,
+        build_reward,
+        combine_rewards,
+    )
     from .rloo import JSGRPOTrainer, JSRLOOTrainer
-    from .samplers import FluxScheduleSampler, SD3ScheduleSampler, SDXLScheduleSampler, sampler_for
+    from .samplers import (
+        FluxScheduleSampler,
+        SD3ScheduleSampler,
+        SDScheduleSampler,
+        SDXLScheduleSampler,
+        sampler_for,
+    )
     from .schedule_rl_config import ScheduleRLConfig
     from .schedule_rl_trainer import ScheduleRLTrainer
     from .scheduled_pipeline import ExportedSchedule, ScheduledPipeline
