@@ -46,12 +46,12 @@ prompts are the embedded testbed's GenEval-style prompt sets. Every
 `ScheduleRLConfig` flag (`--num_steps`, `--num_rollouts`, `--baseline`, `--height`, `--guidance_scale`, ...)
 works, and `--config recipe.yaml` reads any of them from a YAML file (command-line flags win).
 
-Rewards (`--reward`; comma-separate several, weighted by `--reward_weights`):
-
-- `hpsv2:<checkpoint>`: HPSv2 (`HPS_v2.1_compressed.pt`, or `HPS_v2_compressed.pt` for v2.0; a file or its
-  directory). Needs `pip install "trl_schedule[hpsv2]"` and the checkpoint on local disk.
-- `clip:<model>`: CLIP score of a transformers `CLIPModel` (local directory or hub id).
-- `brightness`: the mean pixel value of the image in [0, 1]. A toy reward for smoke runs and CI only.
+Rewards (`--reward_funcs NAME[:SOURCE] ...`, weighted by `--reward_weights`; in a YAML config `reward_funcs: [hpsv2,
+pickscore]`): every name of `trl_schedule.rewards.registry.REWARDS` (`hpsv2`, `hpsv2.0`, `pickscore`,
+`imagereward`, `aesthetic`, `clip`, `geneval`, `geneval_partial`, `ocr`, `testbed`), each with its official
+checkpoint's hub id as the default source or `name:<local path or hub id>`; `--reward_kwargs` passes constructor
+arguments per name as JSON, e.g. `'{"hpsv2": {"dtype": "bfloat16", "scale": 100.0}}'`. `brightness` is a toy reward
+(the mean pixel value) for smoke runs and CI. The README's reward table gives each one's download command.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,17 +72,19 @@ from trl import TrlParser
 
 from trl_schedule.policy import DirichletSchedulePolicyConfig
 from trl_schedule.prompts import load_prompt_dataset
-from trl_schedule.rewards import HPSV2_CHECKPOINTS, CLIPScoreReward, HPSv2Reward
+from trl_schedule.rewards.registry import REWARDS, build_reward, parse_reward_spec
 from trl_schedule.samplers import sampler_for
 from trl_schedule.schedule_rl_config import ScheduleRLConfig
 from trl_schedule.schedule_rl_trainer import ScheduleRLTrainer
 from trl_schedule.testing import TINY_FAMILIES, TINY_IMAGE_SIZE, TINY_T5_FAMILIES, tiny_pipeline
 
-REWARD_NAMES = ("hpsv2:<checkpoint>", "clip:<model>", "testbed", "brightness")
 TESTBED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "testbed.yaml")
 """Read when the script runs with neither --model_name_or_path, --tiny nor --config: the embedded default."""
 TINY_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "tiny.yaml")
 """Read for --tiny without --config."""
+PROMPT_SETS = ("hpdv2", "geneval")
+"""Published prompt sets `--prompt_set` loads (`trl_schedule.prompts.load_hpdv2_prompts`,
+`trl_schedule.rewards.geneval.load_geneval_metadata`)."""
 DEFAULT_NUM_TRAIN_PROMPTS, DEFAULT_NUM_TEST_PROMPTS = 2048, 256
 """Size of the embedded default prompt sets (used when `--dataset_name` is not given)."""
 TINY_MAX_SEQUENCE_LENGTH = 64
@@ -112,10 +115,15 @@ class ScheduleScriptArguments:
             Evaluation prompts from another dataset or local file (same column as training).
         max_train_samples (`int`, *optional*):
             Keep only the first this many training prompts.
-        reward (`str`, *optional*, defaults to `"brightness"`):
-            Comma-separated rewards: `hpsv2:<checkpoint>`, `clip:<model>`, `brightness` (toy).
+        reward_funcs (`list[str]`, *optional*):
+            Rewards by name, each `name` or `name:<checkpoint path or hub id>` (module docstring). Default:
+            `testbed` for the embedded default, `brightness` with `--tiny`; required with --model_name_or_path.
+        reward (`str`, *optional*):
+            Deprecated: the same as `reward_funcs`, comma-separated.
         reward_weights (`list[float]`, *optional*):
             One weight per reward (default: all 1).
+        reward_kwargs (`str` or `dict`, *optional*):
+            Constructor arguments per reward name, a JSON object (e.g. `dtype`, `device`, `scale`).
         tiny (`bool`, *optional*, defaults to `False`):
             Build a tiny random pipeline of `tiny_family` and a tiny policy in code instead of loading
             `model_name_or_path` (smoke runs and CI; 32x32 px unless `--height`/`--width` say otherwise).
@@ -136,6 +144,15 @@ class ScheduleScriptArguments:
             "help": "Prompts: hub dataset name, local dataset directory or one json/jsonl/csv/parquet file."
         },
     )
+    prompt_set: str | None = field(
+        default=None,
+        metadata={
+            "help": "A published prompt set: hpdv2 (HPD v2's 3200 benchmark prompts) or geneval (GenEval's metadata, "
+            "with its include/exclude/tag columns for the geneval reward); --dataset_name is then its source (a "
+            "local copy; default the official hub repo / file). Every 8th prompt is held out for evaluation.",
+            "choices": list(PROMPT_SETS),
+        },
+    )
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
     dataset_test_split: str = field(
@@ -146,16 +163,25 @@ class ScheduleScriptArguments:
         default=None, metadata={"help": "Evaluation prompts from another dataset name or local file."}
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N prompts."})
-    reward: str | None = field(
+    reward_funcs: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Comma-separated rewards: 'hpsv2:<checkpoint>', 'clip:<model>', 'testbed' (the embedded "
-            "world's rule reward), 'brightness' (toy). Default: 'testbed' for the embedded default, "
-            "'brightness' with --tiny; required with --model_name_or_path."
+            "help": "Rewards by name, each 'name' or 'name:<checkpoint path or hub id>': "
+            + ", ".join(sorted(REWARDS))
+            + ", brightness (toy). Default: testbed for the embedded default, brightness with --tiny."
         },
     )
+    reward: str | None = field(
+        default=None, metadata={"help": "Deprecated: --reward_funcs, comma-separated in one string."}
+    )
     reward_weights: list[float] | None = field(
-        default=None, metadata={"help": "One weight per reward in --reward (default: all 1)."}
+        default=None, metadata={"help": "One weight per reward in --reward_funcs (default: all 1)."}
+    )
+    reward_kwargs: str | None = field(
+        default=None,
+        metadata={
+            "help": 'Constructor arguments per reward name, JSON: \'{"hpsv2": {"dtype": "bfloat16"}}\'.'
+        },
     )
     tiny: bool = field(
         default=False,
@@ -171,18 +197,28 @@ class ScheduleScriptArguments:
         return self.model_name_or_path is None and not self.tiny
 
     def __post_init__(self):
-        if self.reward is None:
+        if self.reward is not None:
+            if self.reward_funcs is not None:
+                raise ValueError("Pass --reward_funcs, not also the deprecated --reward.")
+            warnings.warn(
+                "--reward is deprecated: pass --reward_funcs NAME[:SOURCE] ...", FutureWarning, stacklevel=2
+            )
+            self.reward_funcs = [item.strip() for item in self.reward.split(",")]
+            self.reward = None
+        if self.reward_funcs is None:
             if self.model_name_or_path is not None and not self.tiny:
                 raise ValueError(
-                    "--reward is required with --model_name_or_path, e.g. --reward hpsv2:/ckpt/HPS_v2.1_compressed.pt"
+                    "--reward_funcs is required with --model_name_or_path, e.g. --reward_funcs hpsv2 or "
+                    "--reward_funcs hpsv2:/ckpt/HPS_v2.1_compressed.pt"
                 )
-            self.reward = "brightness" if self.tiny else "testbed"
-        specs = parse_reward_specs(self.reward)
+            self.reward_funcs = ["brightness" if self.tiny else "testbed"]
+        specs = parse_reward_specs(self.reward_funcs)
         if self.reward_weights is not None and len(self.reward_weights) != len(specs):
             raise ValueError(
-                f"--reward_weights has {len(self.reward_weights)} values {self.reward_weights} but --reward "
-                f"{self.reward!r} names {len(specs)} rewards; pass one weight per reward."
+                f"--reward_weights has {len(self.reward_weights)} values {self.reward_weights} but --reward_funcs "
+                f"{self.reward_funcs!r} names {len(specs)} rewards; pass one weight per reward."
             )
+        self.reward_kwargs = _reward_kwargs(self.reward_kwargs, {name for name, _ in specs})
         if self.tiny_family not in TINY_FAMILIES:
             raise ValueError(f"--tiny_family {self.tiny_family!r} is not one of {list(TINY_FAMILIES)}.")
         if self.max_train_samples is not None and self.max_train_samples < 1:
@@ -205,48 +241,54 @@ def brightness(images: torch.Tensor, prompts: list[str], **kwargs: Any) -> torch
     return images.float().mean(dim=(1, 2, 3))
 
 
-def parse_reward_specs(spec: str) -> list[tuple[str, str | None]]:
-    """Split `--reward`: `"hpsv2:/ckpt,brightness"` -> `[("hpsv2", "/ckpt"), ("brightness", None)]`.
-
-    Only checks the names; nothing is loaded.
-
-    Raises:
-        ValueError: for an empty list, an unknown name, or a model reward without its path.
-    """
-    parsed = []
-    for item in spec.split(","):
-        item = item.strip()
-        name, _, arg = item.partition(":")
-        if name in ("brightness", "testbed") and not arg:
-            parsed.append((name, None))
-        elif name in ("hpsv2", "clip") and arg:
-            parsed.append((name, arg))
-        else:
-            raise ValueError(
-                f"--reward item {item!r} is not a known reward: use {', '.join(REWARD_NAMES)}, "
-                "comma-separated (e.g. --reward hpsv2:/ckpt/HPS_v2.1_compressed.pt)."
-            )
-    return parsed
+def parse_reward_specs(specs: list[str] | str) -> list[tuple[str, str | None]]:
+    """`["hpsv2:/ckpt", "brightness"]` (or one comma-separated string) -> `[("hpsv2", "/ckpt"), ("brightness",
+    None)]`. Only checks the names (`trl_schedule.rewards.registry.parse_reward_spec`); nothing is loaded."""
+    items = specs.split(",") if isinstance(specs, str) else list(specs)
+    if not items:
+        raise ValueError("--reward_funcs is empty; name at least one reward.")
+    return [
+        ("brightness", None) if item.strip() == "brightness" else parse_reward_spec(item) for item in items
+    ]
 
 
-def make_rewards(spec: str) -> list[Any]:
-    """The reward callables `reward(images (N, 3, H, W) in [0, 1], prompts, **kw) -> (N,)` named by `spec`.
+def _reward_kwargs(value: str | dict | None, names: set[str]) -> dict[str, dict[str, Any]]:
+    """`--reward_kwargs` as `{name: {argument: value}}`, checked against the named rewards."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--reward_kwargs {value!r} is not valid JSON ({err.msg}).") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ValueError(
+            f"--reward_kwargs must be a JSON object of objects, {{name: {{argument: value}}}}, got {value!r}."
+        )
+    known = set(REWARDS) | {"brightness"}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(
+            f"--reward_kwargs names {unknown}, which are not rewards; the rewards are {sorted(known)}."
+        )
+    unused = sorted(set(value) - names)
+    if unused:  # e.g. a config's kwargs after --reward_funcs replaced its rewards on the command line
+        warnings.warn(
+            f"--reward_kwargs for {unused} are unused: --reward_funcs names {sorted(names)}.", stacklevel=3
+        )
+    return {name: kwargs for name, kwargs in value.items() if name in names}
 
-    Model rewards are loaded here (frozen; they follow the images' device). See the module docstring.
-    """
+
+def make_rewards(specs: list[str] | str, kwargs: dict[str, dict[str, Any]] | None = None) -> list[Any]:
+    """The reward callables `reward(images (N, 3, H, W) in [0, 1], prompts, **kw) -> (N,)` named by `specs`,
+    built with `kwargs[name]` (frozen; they follow the images' device)."""
+    items = specs.split(",") if isinstance(specs, str) else list(specs)
     rewards = []
-    for name, arg in parse_reward_specs(spec):
+    for item, (name, _) in zip(items, parse_reward_specs(items)):
         if name == "brightness":
             rewards.append(brightness)
-        elif name == "testbed":
-            from trl_schedule.testbed import TestbedReward
-
-            rewards.append(TestbedReward())
-        elif name == "clip":
-            rewards.append(CLIPScoreReward(arg))
         else:
-            version = "v2.0" if os.path.basename(arg) == HPSV2_CHECKPOINTS["v2.0"] else "v2.1"
-            rewards.append(HPSv2Reward(arg, version=version))
+            rewards.append(build_reward(item.strip(), **(kwargs or {}).get(name, {})))
     return rewards
 
 
@@ -261,6 +303,8 @@ def load_prompts(script_args: ScheduleScriptArguments, prompt_column: str) -> tu
     download. Otherwise `--dataset_name` is a hub name, a local directory or one local file
     (:func:`trl_schedule.prompts.load_prompt_dataset`).
     """
+    if script_args.prompt_set is not None:
+        return _published_prompt_set(script_args)
     if script_args.dataset_name is None:
         from trl_schedule.testbed.scenes import make_prompt_datasets
 
@@ -291,6 +335,29 @@ def load_prompts(script_args: ScheduleScriptArguments, prompt_column: str) -> tu
         config=script_args.dataset_config,
     )
     return train, evaluation
+
+
+def _published_prompt_set(script_args: ScheduleScriptArguments) -> tuple[Dataset, Dataset]:
+    """`--prompt_set`: the published set from `--dataset_name` (a local copy) or its official source, split
+    deterministically: every 8th prompt (index 7, 15, ...) evaluates, the rest trains."""
+    if script_args.prompt_set == "hpdv2":
+        from trl_schedule.prompts import load_hpdv2_prompts
+
+        data = load_hpdv2_prompts(script_args.dataset_name or "zhwang/HPDv2")
+    else:
+        from trl_schedule.rewards.geneval import GENEVAL_METADATA_URL, load_geneval_metadata
+
+        if script_args.dataset_name is None:
+            raise ValueError(
+                "--prompt_set geneval needs --dataset_name: the path of GenEval's evaluation_metadata.jsonl (it is "
+                f"on GitHub, not the hub: `wget {GENEVAL_METADATA_URL}`)."
+            )
+        data = load_geneval_metadata(script_args.dataset_name)
+    held_out = [i for i in range(len(data)) if i % 8 == 7]
+    train = data.select([i for i in range(len(data)) if i % 8 != 7])
+    if script_args.max_train_samples is not None:
+        train = train.select(range(min(script_args.max_train_samples, len(train))))
+    return train, data.select(held_out)
 
 
 def load_pipeline(script_args: ScheduleScriptArguments, training_args: ScheduleRLConfig, seed: int = 0):
@@ -508,7 +575,7 @@ def main(argv: list[str] | None = None) -> ScheduleRLTrainer:
     trainer = ScheduleRLTrainer(
         pipeline=pipeline,
         policy=policy,
-        reward_funcs=make_rewards(script_args.reward),
+        reward_funcs=make_rewards(script_args.reward_funcs, script_args.reward_kwargs),
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,

@@ -70,7 +70,7 @@ def _smoke_args(data: str, out: Path, family: str) -> list[str]:
         data,
         "--prompt_column",
         "text",
-        "--reward",
+        "--reward_funcs",
         "brightness",
         "--max_steps",
         "2",
@@ -190,18 +190,35 @@ def test_rewards_and_script_argument_errors(recipe):
         ("brightness", None),
         ("clip", "openai/clip"),
     ]
-    with pytest.raises(ValueError, match="'hpsv2'"):
-        recipe.parse_reward_specs("hpsv2")  # the checkpoint is missing
+    assert recipe.parse_reward_specs(["hpsv2", "pickscore"]) == [("hpsv2", None), ("pickscore", None)]
+    with pytest.raises(ValueError, match="takes no checkpoint"):
+        recipe.parse_reward_specs("testbed:/x")
     with pytest.raises(ValueError, match="'bleu'"):
-        recipe.ScheduleScriptArguments(reward="bleu", tiny=True)
+        recipe.ScheduleScriptArguments(reward_funcs=["bleu"], tiny=True)
     with pytest.raises(ValueError, match="--reward_weights has 1 values"):
-        recipe.ScheduleScriptArguments(reward="brightness,brightness", reward_weights=[1.0], tiny=True)
-    with pytest.raises(FileNotFoundError, match="HPSv2 checkpoint not found"):
+        recipe.ScheduleScriptArguments(
+            reward_funcs=["brightness", "brightness"], reward_weights=[1.0], tiny=True
+        )
+    with pytest.raises(FileNotFoundError, match="looks like a local path.*hf download xswu/HPSv2"):
         recipe.make_rewards("hpsv2:/nonexistent/HPS_v2.1_compressed.pt")
-    with pytest.raises(ValueError, match="--reward is required with --model_name_or_path"):
+    with pytest.raises(ValueError, match="--reward_funcs is required with --model_name_or_path"):
         recipe.ScheduleScriptArguments(model_name_or_path="my/pipeline")
-    assert recipe.ScheduleScriptArguments().reward == "testbed"  # the embedded default
-    assert recipe.ScheduleScriptArguments(tiny=True).reward == "brightness"
+    with pytest.raises(ValueError, match="--reward_kwargs names \\['hpsv3'\\], which are not rewards"):
+        recipe.ScheduleScriptArguments(
+            reward_funcs=["testbed"], reward_kwargs='{"hpsv3": {"dtype": "bfloat16"}}'
+        )
+    with pytest.warns(UserWarning, match="--reward_kwargs for \\['ocr'\\] are unused"):
+        args = recipe.ScheduleScriptArguments(
+            reward_funcs=["testbed"], reward_kwargs='{"ocr": {"dtype": "bfloat16"}}'
+        )
+    assert args.reward_kwargs == {}
+    assert recipe.ScheduleScriptArguments().reward_funcs == ["testbed"]  # the embedded default
+    assert recipe.ScheduleScriptArguments(tiny=True).reward_funcs == ["brightness"]
+    with pytest.warns(FutureWarning, match="--reward is deprecated"):
+        assert recipe.ScheduleScriptArguments(reward="brightness,testbed", tiny=True).reward_funcs == [
+            "brightness",
+            "testbed",
+        ]
 
 
 def test_load_pipeline_from_a_saved_directory_with_a_lora(recipe, tmp_path):
@@ -212,7 +229,9 @@ def test_load_pipeline_from_a_saved_directory_with_a_lora(recipe, tmp_path):
     tiny_pipeline("sdxl").save_pretrained(tmp_path / "pipe")
     lora_b = _save_tiny_sdxl_lora(tmp_path / "lora")
     script_args = recipe.ScheduleScriptArguments(
-        model_name_or_path=str(tmp_path / "pipe"), lora_path=str(tmp_path / "lora"), reward="brightness"
+        model_name_or_path=str(tmp_path / "pipe"),
+        lora_path=str(tmp_path / "lora"),
+        reward_funcs=["brightness"],
     )
     args = recipe.ScheduleRLConfig(output_dir=str(tmp_path / "out"), torch_dtype="bfloat16", report_to="none")
     pipe = recipe.load_pipeline(script_args, args)
@@ -233,7 +252,7 @@ def test_paper_configs_parse_with_the_recipe_parser(recipe, tmp_path, name):
     # unknown keys) and carries the paper's settings (DESIGN.md §5)
     script_args, args = recipe.make_parser().parse_args_and_config(args=["--config", str(path)])
     assert model_id in script_args.model_name_or_path
-    assert [n for n, _ in recipe.parse_reward_specs(script_args.reward)] == ["hpsv2"]
+    assert [n for n, _ in recipe.parse_reward_specs(script_args.reward_funcs)] == ["hpsv2"]
     assert (args.num_steps, args.num_rollouts, args.baseline) == (5, 2, "james_stein")
     multi_gpu = yaml.safe_load((RECIPES / "accelerate_configs" / "multi_gpu.yaml").read_text())
     assert args.per_device_train_batch_size * multi_gpu["num_processes"] == contexts
@@ -246,7 +265,7 @@ def test_paper_configs_parse_with_the_recipe_parser(recipe, tmp_path, name):
             "--config",
             str(path),
             "--tiny",
-            "--reward",
+            "--reward_funcs",
             "brightness",
             "--output_dir",
             str(tmp_path),
@@ -258,8 +277,26 @@ def test_paper_configs_parse_with_the_recipe_parser(recipe, tmp_path, name):
             "true",
         ]
     )
-    assert script_args.tiny and script_args.reward == "brightness" and args.output_dir == str(tmp_path)
+    assert (
+        script_args.tiny and script_args.reward_funcs == ["brightness"] and args.output_dir == str(tmp_path)
+    )
     assert (args.height, args.num_steps) == (32, 5)  # command-line flags win, the rest comes from the YAML
+
+
+def test_sd15_config_parses_with_the_recipe_parser(recipe):
+    script_args, args = recipe.make_parser().parse_args_and_config(
+        args=["--config", str(RECIPES / "configs" / "sd15_hpsv2.yaml")]
+    )
+    assert "stable-diffusion-v1-5" in script_args.model_name_or_path
+    assert [n for n, _ in recipe.parse_reward_specs(script_args.reward_funcs)] == ["hpsv2"]
+    assert script_args.reward_kwargs == {"hpsv2": {"dtype": "bfloat16", "scale": 100.0}}
+    assert (args.height, args.width, args.guidance_scale, args.max_sequence_length) == (512, 512, 7.5, None)
+    assert (args.num_steps, args.num_rollouts, args.baseline, args.per_device_train_batch_size) == (
+        5,
+        2,
+        "james_stein",
+        4,
+    )
 
 
 @pytest.mark.parametrize("name", ["single_gpu.yaml", "multi_gpu.yaml", "fsdp.yaml", "deepspeed_zero2.yaml"])
@@ -393,3 +430,24 @@ def test_sigterm_saves_then_exits_without_evaluating(recipe, tmp_path, monkeypat
     resumed = recipe.main([*argv, "--resume_from_checkpoint", "true"])
     assert resumed.state.global_step == 6 and not resumed.interrupted
     assert "interrupted" not in json.loads((out / "summary.json").read_text())
+
+
+def test_published_prompt_sets(recipe, tmp_path):
+    """--prompt_set hpdv2 / geneval from local copies: every 8th prompt evaluates, the rest trains; GenEval's
+    clause columns travel with the prompts (for the geneval reward)."""
+    (tmp_path / "benchmark").mkdir()
+    for style in ("anime", "concept-art", "paintings", "photo"):
+        prompts = [f"{style} {i}" for i in range(4)]
+        (tmp_path / "benchmark" / f"{style}.json").write_text(json.dumps(prompts))
+    args = recipe.ScheduleScriptArguments(prompt_set="hpdv2", dataset_name=str(tmp_path))
+    train, evaluation = recipe.load_prompts(args, "prompt")
+    assert len(train) == 14 and evaluation["prompt"] == ["concept-art 3", "photo 3"]
+    rows = [{"tag": "single_object", "prompt": f"a photo of a cat {i}", "include": [{"class": "cat", "count": 1}]}
+            for i in range(9)]  # fmt: skip
+    (tmp_path / "meta.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    args = recipe.ScheduleScriptArguments(prompt_set="geneval", dataset_name=str(tmp_path / "meta.jsonl"))
+    train, evaluation = recipe.load_prompts(args, "prompt")
+    assert len(train) == 8 and evaluation["prompt"] == ["a photo of a cat 7"]
+    assert {"include", "exclude", "tag"} <= set(train.column_names)
+    with pytest.raises(ValueError, match="needs --dataset_name.*evaluation_metadata.jsonl"):
+        recipe.load_prompts(recipe.ScheduleScriptArguments(prompt_set="geneval"), "prompt")
