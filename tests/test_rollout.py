@@ -163,3 +163,7 @@ def test_evaluate_schedules_pairs_every_schedule_on_the_same_noise(sampler, poli
     assert (both.rewards["learned"] - both.rewards["uniform"]).abs().max() > 0  # different schedules
     with pytest.raises(ValueError, match="noise seeds"):
         evaluate_schedules(sampler, PROMPTS, [1], {"uniform": uniform}, rewards, batch_size=2)
+    with pytest.raises(ValueError, match="Column 'tag' has 2 values for 3 prompts"):
+        evaluate_schedules(
+            sampler, PROMPTS, [5, 6, 7], {"uniform": uniform}, rewards, 2, columns={"tag": [0, 1]}
+        )

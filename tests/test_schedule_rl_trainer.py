@@ -17,6 +17,7 @@ from _schedule_rl_two_process import (
     tiny_args,
     tiny_policy_config,
 )
+from datasets import Dataset
 
 from trl_schedule.estimators import CrossContextBaseline, JamesSteinBaseline, RLOOBaseline
 from trl_schedule.policy import DirichletSchedulePolicy
@@ -179,6 +180,28 @@ def test_rloo_object_and_two_weighted_rewards(pipes, tmp_path):
     combined = 2.0 * logs["rewards/contrast/mean"] - 0.5 * logs["rewards/recorded_pattern/mean"]
     assert logs["reward"] == pytest.approx(combined, rel=1e-5)
     assert calls[0]["tag"] and len(calls[0]["tag"]) == 6  # extra dataset columns, one value per image
+
+
+def _tag_only(images, prompts, tag, **kwargs):
+    """Scores each image by its dataset row's `tag` alone: a reward that cannot score without its column."""
+    return torch.tensor(tag, dtype=torch.float32)
+
+
+def test_evaluation_passes_the_extra_columns_to_the_rewards(pipes, tmp_path):
+    """evaluate() gives the rewards each eval prompt's own extra columns (GenEval's clauses arrive this way),
+    aligned with its prompt under every schedule and over eval batches."""
+    eval_dataset = Dataset.from_dict({"prompt": [f"p{i}" for i in range(7)], "tag": [1, 5, 2, 8, 3, 0, 4]})
+    trainer = ScheduleRLTrainer(
+        pipeline=pipes["flux"],
+        policy=tiny_policy_config(),
+        reward_funcs=_tag_only,
+        args=tiny_args(tmp_path, num_eval_prompts=6, per_device_eval_batch_size=4),
+        train_dataset=prompt_dataset(),
+        eval_dataset=eval_dataset,
+    )
+    metrics = trainer.evaluate()
+    for name in ("learned", "default", "uniform"):
+        assert metrics[f"eval_reward_{name}"] == pytest.approx((1 + 5 + 2 + 8 + 3 + 0) / 6)
 
 
 def test_gradient_accumulation_draws_fresh_rollouts_per_micro_batch(pipes, tmp_path):

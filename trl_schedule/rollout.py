@@ -434,15 +434,23 @@ def evaluate_schedules(
     schedules: Mapping[str, ScheduleSource],
     rewards: Callable[..., tuple[torch.Tensor, torch.Tensor]],
     batch_size: int,
+    columns: Mapping[str, Sequence[Any]] | None = None,
 ) -> ScheduleEvaluation:
     """The reward of every prompt under every schedule, on the same noise: prompt i uses the noise seeded with
-    `noise_seeds[i]` for all schedules, so the schedules are compared pairwise.
+    `noise_seeds[i]` for all schedules, so the schedules are compared pairwise. `columns` hold one value per
+    prompt for the rewards (e.g. GenEval's clauses), as in training.
 
     Per chunk of `batch_size` prompts: one encode and one noise draw, then the chunk run under every schedule in
     ONE denoise (the schedules' rows concatenated in the order of `schedules`), decoded and scored.
     """
     if len(noise_seeds) != len(prompts):
         raise ValueError(f"Got {len(noise_seeds)} noise seeds for {len(prompts)} prompts; pass one each.")
+    columns = dict(columns or {})
+    for col, values in columns.items():
+        if len(values) != len(prompts):
+            raise ValueError(
+                f"Column {col!r} has {len(values)} values for {len(prompts)} prompts; pass one each."
+            )
     names = list(schedules)
     per_prompt: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     first_images: dict[str, torch.Tensor] = {}
@@ -454,7 +462,16 @@ def evaluate_schedules(
         times = torch.cat([_times_of(schedules[name], contexts, sampler) for name in names])
         rows = torch.arange(m).repeat(len(names)).to(contexts.x_T.device)
         x_rep = contexts.x_T.repeat(len(names), *([1] * (contexts.x_T.ndim - 1)))
-        out = render(sampler, x_rep, contexts.cond.index(rows), times, contexts.prompts * len(names), rewards)
+        chunk_columns = {col: list(values[start:stop]) * len(names) for col, values in columns.items()}
+        out = render(
+            sampler,
+            x_rep,
+            contexts.cond.index(rows),
+            times,
+            contexts.prompts * len(names),
+            rewards,
+            columns=chunk_columns,
+        )
         scores = out.rewards.view(len(names), m).cpu()
         images = out.images.view(len(names), m, *out.images.shape[1:])
         for j, name in enumerate(names):

@@ -499,12 +499,14 @@ class ScheduleRLTrainer(_BaseTrainer):
             dataset = self.eval_dataset if self.eval_dataset is not None else self.train_dataset
         if isinstance(dataset, dict):
             raise ValueError("ScheduleRLTrainer.evaluate takes one eval dataset, not a dict of datasets.")
-        prompts = list(dataset[self.args.prompt_column][: self.args.num_eval_prompts])
+        n = min(self.args.num_eval_prompts, len(dataset))
+        prompts = list(dataset[self.args.prompt_column][:n])
+        columns = {col: dataset[col][:n] for col in dataset.column_names if col != self.args.prompt_column}
         policy = self.accelerator.unwrap_model(self.model)
         was_training = policy.training
         policy.eval()
         try:
-            means = self._evaluate_schedules(policy, prompts)
+            means = self._evaluate_schedules(policy, prompts, columns)
             metrics = {f"{metric_key_prefix}_reward_{key}": value for key, value in means.items()}
             metrics[f"{metric_key_prefix}_reward_learned_minus_default"] = means["learned"] - means["default"]
             self.log(dict(metrics))
@@ -513,9 +515,11 @@ class ScheduleRLTrainer(_BaseTrainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    def _evaluate_schedules(self, policy: DirichletSchedulePolicy, prompts: list[str]) -> dict[str, float]:
-        """Mean rewards of the learned, default and uniform schedules (this process's share of the prompts,
-        gathered); the main process writes the figures of its first batch."""
+    def _evaluate_schedules(
+        self, policy: DirichletSchedulePolicy, prompts: list[str], columns: dict[str, list[Any]]
+    ) -> dict[str, float]:
+        """Mean rewards of the learned, default and uniform schedules (this process's share of the prompts and
+        their extra columns, gathered); the main process writes the figures of its first batch."""
         num_steps = policy.config.num_steps
         references = {
             "default": self.sampler.default_times(num_steps),
@@ -530,6 +534,7 @@ class ScheduleRLTrainer(_BaseTrainer):
             {"learned": policy_mode_times(policy, self.sampler), **references},
             self.rewards,
             batch_size=self.args.per_device_eval_batch_size,
+            columns={col: [values[i] for i in indices] for col, values in columns.items()},
         )
         names = ("learned", "default", "uniform")
         rows = [(i, *(float(result.rewards[name][j]) for name in names)) for j, i in enumerate(indices)]
