@@ -708,3 +708,46 @@ def test_missing_checkpoint_error_names_the_download(tmp_path):
         Mask2FormerDetector(tmp_path / "nothing-here")
     with pytest.raises(FileNotFoundError, match="hf download .*model.safetensors"):
         CLIPColorClassifier(tmp_path / "nothing-here")
+
+
+def test_trainer_trains_and_evaluates_on_geneval_metadata(tiny_detector, tiny_clip, tmp_path):
+    """End to end: GenEval's metadata file -> a prompt dataset whose clause columns reach the reward, in
+    training rollouts and in evaluation (a tiny Flux pipeline and policy, the tiny detector and CLIP)."""
+    from _schedule_rl_two_process import tiny_args, tiny_policy_config
+
+    from trl_schedule.schedule_rl_trainer import ScheduleRLTrainer
+    from trl_schedule.testing import tiny_pipeline
+
+    path = tmp_path / "evaluation_metadata.jsonl"
+    path.write_text("\n".join(GENEVAL_ROWS) + "\n")
+    dataset = load_geneval_metadata(path)
+    small = Mask2FormerDetector.from_model(tiny_detector.model, min_size=32, max_size=48)
+    seen = []
+
+    class Recording(GenEvalReward):
+        def __call__(self, images, prompts, **columns):
+            seen.append({k: list(v) for k, v in columns.items() if k in ("tag", "include")})
+            return super().__call__(images, prompts, **columns)
+
+    reward = Recording(
+        detector=small, clip=tiny_clip, threshold=0.0, counting_threshold=0.0, partial_credit=True
+    )
+    trainer = ScheduleRLTrainer(
+        pipeline=tiny_pipeline("flux"),
+        policy=tiny_policy_config(),
+        reward_funcs=reward,
+        args=tiny_args(tmp_path / "run", max_steps=1, num_eval_prompts=6),
+        train_dataset=dataset,
+        eval_dataset=dataset,
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    train_call, first_eval, second_eval = seen[0], seen[-2], seen[-1]
+    assert len(train_call["tag"]) == 6 and train_call["tag"][0] == train_call["tag"][1]  # K = 2 per context
+    tags = list(dataset["tag"])
+    assert (
+        first_eval["tag"] == tags[:4] * 3 and second_eval["tag"] == tags[4:6] * 3
+    )  # batches of 4, 3 schedules
+    assert first_eval["include"][:4] == list(dataset["include"][:4])
+    assert 0.0 <= trainer.state.log_history[0]["reward"] <= 1.0
+    assert 0.0 <= metrics["eval_reward_learned"] <= 1.0
