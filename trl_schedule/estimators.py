@@ -46,6 +46,10 @@ Edge cases (both variants, tested):
 - All-NaN groups contribute nothing; their rows have NaN baselines and advantage 0.
 - All rewards equal: sigma2 = delta2 = 0, alpha = 0 and every advantage is 0.
 
+A per-group *scale* lives here too: :func:`shrunk_group_std`, each group's reward standard deviation shrunk
+toward the pooled one by the same empirical-Bayes logic (Smyth's moderated variances), for trainers that divide
+advantages per group (GRPO's ``scale_rewards="group"``); its docstring has the derivation.
+
 Everything is O(N) (sums and the leave-one-out trick, no Python loop over groups or rows), runs on any device
 and dtype, and never tracks gradients. Statistics are accumulated in float64 (float32 on MPS, which has no
 float64). Per-row outputs come back in the rewards' dtype (float64 for integer or bool rewards, which float32
@@ -74,6 +78,7 @@ __all__ = [
     "GroupStatistics",
     "JamesSteinBaseline",
     "RLOOBaseline",
+    "ShrunkGroupStd",
     "check_estimator_output",
     "compute_advantages",
     "cross_context_baseline",
@@ -82,6 +87,7 @@ __all__ = [
     "james_stein_baseline",
     "rloo_baseline",
     "shrink",
+    "shrunk_group_std",
 ]
 
 Variant = Literal["paper", "loo"]
@@ -430,6 +436,116 @@ def james_stein_baseline(
     alpha = alpha_g[stats.inverse]
     baseline = shrink(_rloo(stats), b_xctx, alpha)
     return _finish(stats, baseline, alpha, scale, _out_dtype(rewards), sigma2=sigma2, delta2=delta2)
+
+
+@dataclass
+class ShrunkGroupStd:
+    """What :func:`shrunk_group_std` returns.
+
+    Args:
+        std (`torch.Tensor` of shape `(N,)`): the shrunk standard deviation of each row's group, in the rewards'
+            dtype (float64 for integer or bool rewards); NaN for unscorable rows.
+        shrinkage (`torch.Tensor` of shape `(N,)`): lambda_c of each row's group, the weight on the pooled
+            variance (1 = the pooled variance, 0 = the group's own sample variance); NaN for unscorable rows.
+        sigma2 (`torch.Tensor` of shape `()`): the pooled within-group variance (James-Stein's `sigma2`), in the
+            compute dtype.
+        prior_dof (`torch.Tensor` of shape `()`): d0 = 2 sigma2^2 / tau2, how many degrees of freedom the pooled
+            variance is worth against a group's own; `inf` when the group variances look homogeneous
+            (tau2 = 0), in the compute dtype.
+    """
+
+    std: torch.Tensor
+    shrinkage: torch.Tensor
+    sigma2: torch.Tensor
+    prior_dof: torch.Tensor
+
+
+@torch.no_grad()
+def shrunk_group_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> ShrunkGroupStd:
+    """Each group's reward standard deviation, shrunk toward the pooled one (empirical Bayes).
+
+    GRPO's per-group scaling divides a group's advantages by its sample std + 1e-4. With K = 2 to 8 rewards a
+    group's std is a very noisy estimate, and exactly 0 whenever the rewards tie (common with binary rewards):
+    harmless for GRPO's group-mean baseline (its advantages are then 0 too), but a James-Stein advantage of such
+    a group is not 0 and would be multiplied by ~1e4. This replaces the sample variance by a shrunk one.
+
+    Model (the random-effects model of the baseline, with one variance per context): r_ci = mu_c + eps_ci,
+    eps_ci ~ N(0, sigma_c^2). With d_c = K_c - 1 and s2_c = sum_i (r_ci - rbar_c)^2 / d_c (Bessel, as TRL's
+    group std), d_c s2_c / sigma_c^2 ~ chi^2(d_c): E[s2_c] = sigma_c^2, Var[s2_c] = 2 sigma_c^4 / d_c (at K = 2
+    the sd of s2 is sqrt(2) times its mean). The sigma_c^2 vary across contexts with mean sigma^2 and variance
+    tau^2. The best linear predictor of sigma_c^2 from s2_c (the same Gauss-Markov / James-Stein form as the
+    baseline's alpha: noise / (noise + signal)) is::
+
+        s~2_c = (1 - lambda_c) s2_c + lambda_c sigma2,
+        lambda_c = (2 sigma2^2 / d_c) / (2 sigma2^2 / d_c + tau2) = d0 / (d0 + d_c),   d0 = 2 sigma2^2 / tau2,
+
+    that is s~2_c = (d0 sigma2 + d_c s2_c) / (d0 + d_c): Smyth's moderated variance (limma; Smyth 2004, Stat.
+    Appl. Genet. Mol. Biol. 3(1):3), the pooled variance acting as d0 extra degrees of freedom. (Limma obtains
+    that form as the posterior mean of 1 / sigma_c^2 under a scaled inverse-chi^2 prior with d0 degrees of
+    freedom, whose variance is ~2 sigma^4 / d0: the same d0.) lambda_c uses the noise at the prior mean, not at
+    the group's own s2_c: with its own, a zero-std group would look noiseless and not be shrunk at all.
+
+    Estimates, from the groups with d_c >= 1 (M of them), as ``delta2`` is estimated for the baseline:
+
+    - sigma2 = sum_c d_c s2_c / sum_c d_c, the pooled within-group variance (James-Stein's ``sigma2``).
+    - tau2 = max(0, sum_c (s2_c - mean_c s2_c)^2 / (M - 1) - mean_c 2 s2_c^2 / (d_c + 2)): the observed spread
+      of the s2_c minus its expected sampling part, each group's 2 sigma_c^4 / d_c estimated without bias by
+      2 s2_c^2 / (d_c + 2) (E[s2^2] = sigma^4 (1 + 2 / d)). Limma instead fits d0 to the moments of log s2_c,
+      which is -inf for a zero-std group, the very case this is for; the moments of s2_c have no such problem.
+
+    The std returned is sqrt(s~2_c). Edge cases:
+
+    - A group with one scorable reward (d_c = 0) has no variance of its own: lambda_c = 1, the pooled variance.
+    - M < 2 (tau2 cannot be estimated), or tau2 = 0: lambda_c = 1 for every group, one pooled std for the batch.
+    - sigma2 = 0 (no group has within-group spread, or none has two scorable rewards, as in TRL's eval with
+      ``num_generations_eval=1``): the within-group scale is not identified, so every group gets the std of all
+      scorable rewards in the batch (TRL's ``scale_rewards="batch"`` denominator); it is 0 only when every
+      scorable reward is equal, where every baseline gives advantage 0.
+
+    Properties (tested): the std is scale-equivariant (rewards x c -> std x |c|, lambda unchanged) and shift- and
+    permutation-invariant. It is never far below the pooled std: with equal K, tau2 / sigma2^2 <= M (because the
+    s2_c / sigma2 are >= 0 and sum to M), so lambda_c >= 2 / (2 + (K - 1) M) and s~_c >= sqrt(lambda_c sigma2)
+    (K = 2, M = 16: >= 0.33 sqrt(sigma2)), whatever the rewards. With ragged groups
+    tau2 / sigma2^2 <= (sum_c d_c / min_c d_c)^2 / (M - 1).
+
+    Assumptions, honestly: the noise term 2 sigma^4 / d is normal theory. Var[s2_c] is sigma_c^4 (2 / d_c +
+    kappa / K_c) for excess kurtosis kappa: binary rewards are light-tailed (kappa = -2 at p = 1/2, which halves
+    the noise at K = 2), so tau2 is underestimated and the groups are shrunk more toward the pooled std (toward
+    one batch-wide scale, the conservative side); heavy-tailed rewards are shrunk less. The group's own rewards
+    enter its scale, so, like GRPO's own per-group std, dividing by it biases the policy gradient (Liu et al.
+    2025, "Understanding R1-Zero-Like Training", Dr. GRPO); it is not part of Yu et al.'s method.
+
+    Args:
+        rewards (`torch.Tensor` of shape `(N,)`): float rewards, NaN = unscorable.
+        group_ids (`torch.Tensor` of shape `(N,)`): integer group (context) ids; groups may be ragged.
+
+    Returns:
+        :class:`ShrunkGroupStd`.
+    """
+    stats = group_statistics(rewards, group_ids)
+    sigma2, _ = _pooled_variances(stats)
+    dof = (stats.count - 1).clamp_min(0)  # (G,) d_c
+    multi = dof > 0
+    m = multi.sum().to(dof.dtype)  # M
+    # Relative variances u_c = s2_c / sigma2: every statistic below is scale-free, so the squares of variances
+    # (rewards^4) never overflow.
+    u = torch.where(multi, stats.sum_sq_dev / dof.clamp_min(1) / torch.where(sigma2 > 0, sigma2, 1.0), 0.0)
+    u_mean = u.sum() / m.clamp_min(1)
+    spread = torch.where(multi, (u - u_mean) ** 2, 0.0).sum() / (m - 1).clamp_min(1)
+    noise = torch.where(multi, 2 * u * u / (dof + 2), 0.0).sum() / m.clamp_min(1)
+    t = torch.where((m >= 2) & (sigma2 > 0), (spread - noise).clamp_min(0), 0.0)  # tau2 / sigma2^2
+    lam = 2 / (2 + dof * t)  # d0 / (d0 + d_c) with d0 = 2 / t; 1 where d_c = 0 or t = 0
+    within_std = sigma2.sqrt() * ((1 - lam) * u + lam).sqrt()
+    # sigma2 = 0: the std of all scorable rewards (Bessel), 0 with fewer than two.
+    n = stats.count.sum()
+    mean = stats.total.sum() / n.clamp_min(1)
+    batch_var = torch.where(stats.valid, (stats.rewards - mean) ** 2, 0.0).sum() / (n - 1).clamp_min(1)
+    std_g = torch.where(sigma2 > 0, within_std, batch_var.sqrt())
+    out_dtype = _out_dtype(rewards)
+    std = torch.where(stats.valid, std_g[stats.inverse], torch.nan).to(out_dtype)
+    shrinkage = torch.where(stats.valid, lam[stats.inverse], torch.nan).to(out_dtype)
+    prior_dof = torch.where(t > 0, 2 / torch.where(t > 0, t, 1.0), torch.inf)
+    return ShrunkGroupStd(std, shrinkage, sigma2, prior_dof)
 
 
 def warn_too_few_groups(num_groups: int) -> None:
