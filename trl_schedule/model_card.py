@@ -58,14 +58,20 @@ images = scheduled({{ example_prompt }}).images
 """
 
 
+EMBEDDED_LOADERS = {
+    "testbed": ("(the embedded testbed model)", "load_testbed_pipeline"),
+    "testbed-sd": ("(the embedded SD-family testbed model)", "load_testbed_sd_pipeline"),
+}
+"""Sampler family of an embedded model -> (how the card names it, the function in `trl_schedule.testbed` that
+loads it)."""
+
+
 def _pipeline_lines(family: str, pipeline_name: str | None, pipeline_class: str) -> tuple[str, str]:
     """How the card names the pipeline and the code that loads it: a hub id is shown; a local path is not
     (it is a path of the training machine)."""
-    if family == "testbed":
-        return (
-            "(the embedded testbed model)",
-            "from trl_schedule.testbed import load_testbed_pipeline\n\npipe = load_testbed_pipeline()",
-        )
+    if family in EMBEDDED_LOADERS:
+        description, loader = EMBEDDED_LOADERS[family]
+        return description, f"from trl_schedule.testbed import {loader}\n\npipe = {loader}()"
     from ._diffusers_compat import looks_like_local_path
 
     if pipeline_name and not looks_like_local_path(pipeline_name) and not os.path.isdir(pipeline_name):

@@ -2,7 +2,8 @@
 
 One file per model family: :mod:`.flux` (`FluxPipeline`), :mod:`.sd3` (`StableDiffusion3Pipeline`),
 :mod:`.sdxl` (`StableDiffusionXLPipeline`), :mod:`.sd` (`StableDiffusionPipeline`, SD 1.x / 2.x),
-:mod:`.testbed` (the embedded `TestbedPipeline`); what the flow-matching families share is in :mod:`.flow_match`,
+:mod:`.testbed` (the embedded `TestbedPipeline`), :mod:`.testbed_sd` (the embedded SD-family
+`TestbedSDPipeline`); what the flow-matching families share is in :mod:`.flow_match`,
 what the noise-prediction (VP) families share in :mod:`.vp`. :func:`sampler_for` picks the right one for a pipeline.
 Tiny random pipelines of each family for tests are in :mod:`trl_schedule.testing`.
 """
@@ -19,6 +20,7 @@ from .sd import SDScheduleSampler
 from .sd3 import SD3ScheduleSampler
 from .sdxl import SDXLScheduleSampler
 from .testbed import TestbedScheduleSampler
+from .testbed_sd import TestbedSDScheduleSampler
 
 SAMPLERS: tuple[type[ScheduleSampler], ...] = (
     FluxScheduleSampler,
@@ -26,6 +28,7 @@ SAMPLERS: tuple[type[ScheduleSampler], ...] = (
     SDXLScheduleSampler,
     SDScheduleSampler,
     TestbedScheduleSampler,
+    TestbedSDScheduleSampler,
 )
 """Every sampler class :func:`sampler_for` dispatches to."""
 
@@ -38,6 +41,7 @@ __all__ = [
     "SDScheduleSampler",
     "SDXLScheduleSampler",
     "ScheduleSampler",
+    "TestbedSDScheduleSampler",
     "TestbedScheduleSampler",
     "check_sampler_options",
     "sampler_for",

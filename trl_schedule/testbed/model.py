@@ -98,29 +98,26 @@ def build_testbed_tokenizer(model_max_length: int = MAX_LENGTH):
     )
 
 
-class TestbedPipeline(DiffusionPipeline):
-    """Text-to-image for the testbed: a pixel-space rectified-flow UNet with a tiny text encoder.
+OUTPUT_TYPES = ("pt", "pil", "np", "latent")
+"""The `output_type` values the testbed pipelines take."""
 
-    Args:
-        unet (`UNet2DConditionModel`): 3 -> 3 channels at 32x32, cross-attention to the text states and the
-            pooled embedding as a class embedding (`class_embed_type="projection"`).
-        text_encoder (`transformers.CLIPTextModel`): token states `(B, S, D)` and a pooled embedding `(B, D)`
-            (the state at ``<eos>``).
-        tokenizer (`transformers.PreTrainedTokenizerFast`): word-level (:func:`build_testbed_tokenizer`).
-        scheduler (`FlowMatchEulerDiscreteScheduler`): ``shift=1``, no dynamic shifting (custom sigmas are
-            used verbatim).
+
+def check_output_type(output_type: str) -> None:
+    """Raise unless `output_type` is one of :data:`OUTPUT_TYPES`."""
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type={output_type!r}: pass 'pt', 'pil', 'np' or 'latent'.")
+
+
+class TestbedTextToImageMixin:
+    """What every testbed pipeline shares (the flow :class:`TestbedPipeline` and the noise-prediction
+    :class:`~trl_schedule.testbed.sd_model.TestbedSDPipeline`): prompt encoding with the word-level tokenizer
+    and the CLIP-style text encoder, pixel-space noise and the decode ``(x / 2 + 0.5).clamp(0, 1)``.
+
+    Mixed into a `DiffusionPipeline` subclass that registers `unet`, `text_encoder`, `tokenizer` and
+    `scheduler`; it holds no weights itself.
     """
 
-    __test__ = False
-    model_cpu_offload_seq = "text_encoder->unet"
-
-    def __init__(self, unet, text_encoder, tokenizer, scheduler):
-        super().__init__()
-        self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
-        self.vae_scale_factor = 1
-        self.default_sample_size = unet.config.sample_size if unet is not None else IMAGE_SIZE
-
-    # ------------------------------------------------------------------------------------------------------
+    vae_scale_factor = 1
 
     def _encode(self, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         ids = self.tokenizer(
@@ -191,6 +188,39 @@ class TestbedPipeline(DiffusionPipeline):
         """Model space [-1, 1] -> images in [0, 1], float32: ``(x / 2 + 0.5).clamp(0, 1)``."""
         return (latents.float() / 2 + 0.5).clamp(0, 1)
 
+    def postprocess(self, latents: torch.Tensor, output_type: str) -> Any:
+        """Model-space `latents` `(B, 3, H, W)` -> the call's output: "latent" (as is), "pt" (`(B, 3, H, W)`
+        float32 in [0, 1]), "np" (`(B, H, W, 3)`) or "pil" (a list of images)."""
+        if output_type == "latent":
+            return latents
+        images = self.decode_latents(latents)
+        if output_type in ("pil", "np"):
+            array = images.permute(0, 2, 3, 1).cpu().numpy()
+            images = self.numpy_to_pil(array) if output_type == "pil" else array
+        return images
+
+
+class TestbedPipeline(TestbedTextToImageMixin, DiffusionPipeline):
+    """Text-to-image for the testbed: a pixel-space rectified-flow UNet with a tiny text encoder.
+
+    Args:
+        unet (`UNet2DConditionModel`): 3 -> 3 channels at 32x32, cross-attention to the text states and the
+            pooled embedding as a class embedding (`class_embed_type="projection"`).
+        text_encoder (`transformers.CLIPTextModel`): token states `(B, S, D)` and a pooled embedding `(B, D)`
+            (the state at ``<eos>``).
+        tokenizer (`transformers.PreTrainedTokenizerFast`): word-level (:func:`build_testbed_tokenizer`).
+        scheduler (`FlowMatchEulerDiscreteScheduler`): ``shift=1``, no dynamic shifting (custom sigmas are
+            used verbatim).
+    """
+
+    __test__ = False
+    model_cpu_offload_seq = "text_encoder->unet"
+
+    def __init__(self, unet, text_encoder, tokenizer, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+        self.default_sample_size = unet.config.sample_size if unet is not None else IMAGE_SIZE
+
     @torch.no_grad()
     def __call__(
         self,
@@ -223,8 +253,7 @@ class TestbedPipeline(DiffusionPipeline):
         Returns:
             `ImagePipelineOutput` (or a tuple with the images when `return_dict=False`).
         """
-        if output_type not in ("pt", "pil", "np", "latent"):
-            raise ValueError(f"output_type={output_type!r}: pass 'pt', 'pil', 'np' or 'latent'.")
+        check_output_type(output_type)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         height = height or self.default_sample_size
         width = width or self.default_sample_size
@@ -257,40 +286,33 @@ class TestbedPipeline(DiffusionPipeline):
                     velocity = uncond + guidance_scale * (text - uncond)
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
                 progress_bar.update()
-        if output_type == "latent":
-            images = latents
-        else:
-            images = self.decode_latents(latents)
-            if output_type in ("pil", "np"):
-                array = images.permute(0, 2, 3, 1).cpu().numpy()
-                images = self.numpy_to_pil(array) if output_type == "pil" else array
+        images = self.postprocess(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
 
 
-def build_testbed_pipeline(seed: int = 0, size: str = "base", **overrides: Any) -> TestbedPipeline:
-    """A randomly initialised :class:`TestbedPipeline` (float32, eval mode, no gradients).
-
-    Args:
-        seed (`int`): seeds the weight initialisation.
-        size (`str`): a key of :data:`SIZES` ("base": ~3.3M parameters, the shipped model; "tiny": tests).
-        **overrides: override entries of the size (e.g. `block_out_channels=(32, 64)`, `text_layers=2`).
-
-    Returns:
-        :class:`TestbedPipeline` for 32x32 images.
-    """
-    from transformers import CLIPTextConfig, CLIPTextModel
-
+def testbed_size_config(size: str, **overrides: Any) -> dict[str, Any]:
+    """The entries of :data:`SIZES` `size` with `overrides` applied (unknown sizes or fields raise)."""
     if size not in SIZES:
         raise ValueError(f"size={size!r}: pass one of {sorted(SIZES)}.")
     unknown = set(overrides) - set(SIZES[size])
     if unknown:
         raise ValueError(f"Unknown size overrides {sorted(unknown)}: the fields are {sorted(SIZES[size])}.")
-    cfg = {**SIZES[size], **overrides}
-    tokenizer = build_testbed_tokenizer()
-    torch.manual_seed(seed)
+    return {**SIZES[size], **overrides}
+
+
+def build_testbed_text_encoder(cfg: dict[str, Any], tokenizer):
+    """A randomly initialised CLIP-style text encoder of size `cfg` (a :func:`testbed_size_config`) over
+    `tokenizer`'s vocabulary (draws from the global torch RNG).
+
+    Returns:
+        `transformers.CLIPTextModel`: token states `(B, S, text_hidden)`, pooled `(B, text_hidden)` (the state
+        at ``<eos>``).
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg["text_hidden"],
@@ -303,10 +325,17 @@ def build_testbed_pipeline(seed: int = 0, size: str = "base", **overrides: Any) 
         eos_token_id=tokenizer.eos_token_id,
         projection_dim=cfg["text_hidden"],
     )
-    text_encoder = CLIPTextModel(text_config)
+    return CLIPTextModel(text_config)
+
+
+def build_testbed_unet(cfg: dict[str, Any]) -> UNet2DConditionModel:
+    """A randomly initialised pixel-space UNet of size `cfg` (a :func:`testbed_size_config`; draws from the
+    global torch RNG): 3 -> 3 channels at 32x32, the first level plain, the others with cross-attention to the
+    text states (width `text_hidden`), the pooled text embedding added to the time embedding
+    (`class_embed_type="projection"`). The same network predicts velocity (flow) or noise (SD)."""
     channels = tuple(cfg["block_out_channels"])
     n = len(channels)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=IMAGE_SIZE,
         in_channels=3,
         out_channels=3,
@@ -320,13 +349,54 @@ def build_testbed_pipeline(seed: int = 0, size: str = "base", **overrides: Any) 
         class_embed_type="projection",
         projection_class_embeddings_input_dim=cfg["text_hidden"],
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
-    pipe = TestbedPipeline(
+
+
+def build_testbed_components(seed: int, size: str, **overrides: Any) -> dict[str, Any]:
+    """Seeded random `unet`, `text_encoder` (both eval mode, no gradients) and `tokenizer` of `size`: the
+    global RNG is seeded with `seed`, then the text encoder and the UNet are drawn, in that order."""
+    cfg = testbed_size_config(size, **overrides)
+    tokenizer = build_testbed_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = build_testbed_text_encoder(cfg, tokenizer)
+    unet = build_testbed_unet(cfg)
+    return dict(
         unet=unet.eval().requires_grad_(False),
         text_encoder=text_encoder.eval().requires_grad_(False),
         tokenizer=tokenizer,
-        scheduler=scheduler,
     )
+
+
+def build_testbed_pipeline(seed: int = 0, size: str = "base", **overrides: Any) -> TestbedPipeline:
+    """A randomly initialised :class:`TestbedPipeline` (float32, eval mode, no gradients).
+
+    Args:
+        seed (`int`): seeds the weight initialisation.
+        size (`str`): a key of :data:`SIZES` ("base": ~3.3M parameters, the shipped model; "tiny": tests).
+        **overrides: override entries of the size (e.g. `block_out_channels=(32, 64)`, `text_layers=2`).
+
+    Returns:
+        :class:`TestbedPipeline` for 32x32 images.
+    """
+    components = build_testbed_components(seed, size, **overrides)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    pipe = TestbedPipeline(**components, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_frozen_pipeline(
+    cls: type, path: Path, dtype: torch.dtype, device: str | torch.device, hint: str
+) -> DiffusionPipeline:
+    """`cls.from_pretrained(path)` cast to `dtype` on `device`, modules in eval mode without gradients,
+    progress bar off; a ValueError naming `hint` (how to make one) when `path` has no `model_index.json`."""
+    if not (path / "model_index.json").is_file():
+        raise ValueError(
+            f"No testbed pipeline at {path} (no model_index.json). {hint} or pass the folder a "
+            "`save_pretrained` call wrote."
+        )
+    pipe = cls.from_pretrained(path, **dtype_kwarg(dtype)).to(device)
+    pipe.unet.eval().requires_grad_(False)
+    pipe.text_encoder.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -346,13 +416,5 @@ def load_testbed_pipeline(
         :class:`TestbedPipeline` in eval mode, no gradients, progress bar off.
     """
     path = Path(path) if path is not None else WEIGHTS_DIR
-    if not (path / "model_index.json").is_file():
-        raise ValueError(
-            f"No testbed pipeline at {path} (no model_index.json). Train one with "
-            "`python benchmarks/testbed/train_base.py` or pass the folder a `save_pretrained` call wrote."
-        )
-    pipe = TestbedPipeline.from_pretrained(path, **dtype_kwarg(dtype)).to(device)
-    pipe.unet.eval().requires_grad_(False)
-    pipe.text_encoder.eval().requires_grad_(False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    hint = "Train one with `python benchmarks/testbed/train_base.py`"
+    return load_frozen_pipeline(TestbedPipeline, path, dtype, device, hint)
