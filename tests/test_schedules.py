@@ -18,6 +18,7 @@ from trl_schedule.schedules import (
     dirichlet_concentrations,
     eval_times,
     flow_match_default_schedule,
+    karras_schedule,
     sdxl_default_schedule,
     sdxl_default_times,
     sdxl_sigmas,
@@ -302,6 +303,29 @@ def test_ays_schedule():
     torch.testing.assert_close(t19[1], torch.tensor(999.0 * 845.0, dtype=torch.float64).sqrt())
     with pytest.raises(ValueError, match="sdxl"):
         ays_schedule(5, family="flux")
+    sd = ays_schedule(10, family="sd")  # SD 1.5's
+    expected = torch.tensor(AysSchedules["StableDiffusionTimesteps"] + [0], dtype=torch.float64) / 999
+    torch.testing.assert_close(eval_times(sd), expected)
+
+
+@pytest.mark.parametrize("num_steps", [2, 3, 5, 10])
+def test_karras_schedule_is_diffusers_ramp_over_the_training_sigmas(num_steps):
+    """Mapped back to sigmas (sdxl_sigmas), the times are exactly diffusers' Karras ramp over the training range
+    (`_convert_to_karras` on the training sigmas of timesteps 999 .. 1): from t_0 = 1 (sigma_max) to t = 1/999."""
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    tau = karras_schedule(scheduler, num_steps)
+    _assert_reference(tau, num_steps)
+    times = eval_times(tau)
+    assert times[0] == 1 and times[-1] == 0
+    acp = scheduler.alphas_cumprod.double()
+    training = ((1 - acp) / acp).sqrt().flip(0)  # high -> low
+    expected = torch.from_numpy(scheduler._convert_to_karras(training[:-1], num_steps)).double()
+    assert math.isclose(times[-2].item(), 1 / 999, rel_tol=1e-9)
+    torch.testing.assert_close(sdxl_sigmas(times[:-1], scheduler), expected, rtol=1e-9, atol=0)
+    with pytest.raises(ValueError, match="num_steps >= 2"):
+        karras_schedule(scheduler, 1)
+    with pytest.raises(ValueError, match="rho must be > 0"):
+        karras_schedule(scheduler, 3, rho=0.0)
 
 
 def test_dirichlet_concentrations():

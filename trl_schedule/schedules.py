@@ -14,7 +14,7 @@ Each family maps ``t`` to its own time: flow matching (Flux, SD3) uses ``sigma =
 log-sigma interpolation over the training sigmas (:func:`sdxl_timesteps`, :func:`sdxl_sigmas`).
 
 Reference schedules (:func:`uniform_schedule`, :func:`shifted_schedule`, :func:`flow_match_default_schedule`,
-:func:`sdxl_default_schedule`, :func:`ays_schedule`) return ``tau`` of shape ``(L+1,)`` in float64; those that
+:func:`sdxl_default_schedule`, :func:`karras_schedule`, :func:`ays_schedule`) return ``tau`` of shape ``(L+1,)`` in float64; those that
 end at ``t_L = 0`` (as every pipeline's last step does) have ``tau_{L+1} = 0``.
 
 Everything here is a pure torch function, batched over leading dimensions, for any float dtype and device.
@@ -34,7 +34,7 @@ Dirichlet samples with small concentrations underflow to exact zeros in float32,
 consecutive times equal (a wasted model evaluation and a ``log_prob`` of ``-inf``). ``1e-4`` is far below any
 interval a useful schedule has (a 50-step uniform schedule has 0.02) and far above float32 resolution."""
 
-_AYS_FAMILIES = {"sdxl": "StableDiffusionXLTimesteps"}
+_AYS_FAMILIES = {"sdxl": "StableDiffusionXLTimesteps", "sd": "StableDiffusionTimesteps"}
 
 
 def _check_finite(x: torch.Tensor, name: str) -> None:
@@ -440,6 +440,45 @@ def sdxl_default_schedule(scheduler: Any, num_steps: int) -> torch.Tensor:
     return _times_to_reference_tau(times, f"sdxl_default_schedule (timestep_spacing={spacing!r})")
 
 
+def karras_schedule(scheduler: Any, num_steps: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022) sigmas over the model's whole training range, as k-diffusion builds them, as a tau.
+
+    ``sigma_i = (sigma_max^(1/rho) + i/(L-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho`` for ``i = 0 .. L-1``
+    with ``sigma_max`` the largest training sigma and ``sigma_min`` that of training timestep 1, mapped back to
+    times through the inverse of :func:`sdxl_sigmas` (so ``t_0 = 1``), then the terminal ``t_L = 0``.
+    (Timestep 0 is ``t = 0``, which the time map reserves for the clean terminal state; SD's "leading" spacing
+    with ``steps_offset=1`` also ends at timestep 1.) The ramp is diffusers'
+    ``EulerDiscreteScheduler._convert_to_karras`` applied to those training sigmas. Diffusers'
+    ``use_karras_sigmas=True`` instead spans the sigmas of the scheduler's own timesteps: with "leading"
+    spacing that range starts below ``sigma_max`` (the same ``t_0 < 1`` as :func:`sdxl_default_times`).
+
+    Args:
+        scheduler: an `EulerDiscreteScheduler`-like scheduler (reads `alphas_cumprod`).
+        num_steps (`int`): L (at least 2: the ramp needs both ends).
+        rho (`float`): the ramp's curvature (7, the paper's).
+
+    Returns:
+        `torch.Tensor` of shape `(L+1,)`, float64, with ``tau_{L+1} = 0``.
+    """
+    _check_num_steps(num_steps)
+    if num_steps < 2:
+        raise ValueError(f"karras_schedule needs num_steps >= 2 (both ends of the ramp), got {num_steps}.")
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0, got {rho!r} (Karras et al. use 7).")
+    log_sigmas = _sdxl_log_sigmas(scheduler, torch.device("cpu"), torch.float64)
+    sigma_min, sigma_max = log_sigmas[1].exp(), log_sigmas[-1].exp()
+    ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
+    sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    # invert the piecewise-linear log-sigma interpolation of sdxl_sigmas (log sigma increases with t)
+    target = sigmas.log().clamp(log_sigmas[1], log_sigmas[-1])
+    upper = torch.searchsorted(log_sigmas, target).clamp(1, log_sigmas.shape[0] - 1)
+    lo, hi = log_sigmas[upper - 1], log_sigmas[upper]
+    steps = (upper - 1).to(torch.float64) + (target - lo) / (hi - lo)
+    times = torch.cat([steps / (log_sigmas.shape[0] - 1), steps.new_zeros(1)])
+    times[0] = 1.0  # exact: sigma_max is the last training sigma
+    return _times_to_reference_tau(times, "karras_schedule")
+
+
 def ays_schedule(num_steps: int, family: str = "sdxl") -> torch.Tensor:
     """Align-Your-Steps (Sabour et al., 2024) timesteps from `diffusers.schedulers.AysSchedules`.
 
@@ -449,7 +488,7 @@ def ays_schedule(num_steps: int, family: str = "sdxl") -> torch.Tensor:
 
     Args:
         num_steps (`int`): L.
-        family (`str`): one of ``"sdxl"``.
+        family (`str`): ``"sdxl"`` or ``"sd"`` (SD 1.x; the schedule AYS optimised for SD 1.5).
 
     Returns:
         `torch.Tensor` of shape `(L+1,)`, float64, with ``tau_{L+1} = 0``.
