@@ -653,7 +653,7 @@ def naive_shrunk_std(rewards: list[float], groups: list[int]) -> tuple[list[floa
             noise_at_prior = 2 * sigma2**2 / dof[g]
             lam = noise_at_prior / (noise_at_prior + tau2)
         shrinkage.append(lam)
-        if sigma2 == 0:
+        if sigma2 == 0 or dof[g] == 0:
             std.append(batch_std)
         else:
             std.append(math.sqrt((1 - lam) * s2.get(g, 0.0) + lam * sigma2))
@@ -704,14 +704,17 @@ def test_shrunk_group_std_by_hand_homogeneous():
 
 
 def test_shrunk_group_std_edge_cases():
-    # A lone scorable reward (d = 0) has no variance of its own: the pooled one, lambda = 1.
+    # A lone scorable reward (d = 0) has no variance of its own (lambda = 1) and is compared with the other
+    # contexts: the batch std of the scorable rewards [0, 2, 1, 3, 7] (mean 2.6, SS 29.2), not the pooled sqrt(2).
     out = E.shrunk_group_std(torch.tensor([0.0, 2.0, 1.0, 3.0, 7.0, NAN]), torch.tensor([0, 0, 1, 1, 2, 2]))
     assert out.sigma2.item() == pytest.approx(2.0)
-    assert out.std[4].item() == pytest.approx(math.sqrt(2.0)) and out.shrinkage[4].item() == 1.0
+    torch.testing.assert_close(out.std[:4], torch.full((4,), math.sqrt(2.0)))
+    assert out.std[4].item() == pytest.approx(math.sqrt(29.2 / 4)) and out.shrinkage[4].item() == 1.0
     assert math.isnan(out.std[5].item()) and math.isnan(out.shrinkage[5].item())
-    # One group with a variance (M = 1): tau2 cannot be estimated, every group gets the pooled std.
+    # One group with a variance (M = 1): tau2 cannot be estimated, that group gets the pooled std sqrt(8).
     out = E.shrunk_group_std(torch.tensor([0.0, 4.0, 1.0, 5.0]), torch.tensor([0, 0, 1, 2]))
-    torch.testing.assert_close(out.std, torch.full((4,), math.sqrt(8.0)))
+    torch.testing.assert_close(out.std[:2], torch.full((2,), math.sqrt(8.0)))
+    torch.testing.assert_close(out.std[2:], torch.tensor([0.0, 4.0, 1.0, 5.0]).std().expand(2))
     # sigma2 = 0 (every group tied, or no group with two rewards, as in eval with num_generations_eval=1): the
     # std of all scorable rewards, TRL's "batch" denominator.
     for r, g in [([1.0, 1.0, 2.0, 2.0, 6.0, 6.0], [0, 0, 1, 1, 2, 2]), ([1.0, 2.0, 6.0, NAN], [0, 1, 2, 3])]:
@@ -785,10 +788,14 @@ def test_shrunk_group_std_properties(data, scale, shift):
     relabel = torch.tensor(data.draw(st.permutations(range(100, 100 + int(groups.max()) + 1))))
     permuted = E.shrunk_group_std(rewards[perm], relabel[groups][perm])
     torch.testing.assert_close(permuted.std, out.std[perm], rtol=1e-9, atol=1e-12, equal_nan=True)
-    # Never far below the pooled std: s~2_c >= lambda_c sigma2 >= the proven floor times sigma2.
+    # Never far below the pooled std: s~2_c >= lambda_c sigma2 >= the proven floor times sigma2 (groups with
+    # d_c >= 1; lone rewards get the batch std).
     if out.sigma2 > 0:
         floor = _relative_bound(groups, valid)
-        assert (out.std[valid] ** 2 >= floor[valid] * out.sigma2 * (1 - 1e-9)).all()
+        counts = torch.bincount(torch.unique(groups[valid], return_inverse=True)[1])
+        rows = valid.clone()
+        rows[valid] = counts[torch.unique(groups[valid], return_inverse=True)[1]] >= 2
+        assert (out.std[rows] ** 2 >= floor[rows] * out.sigma2 * (1 - 1e-9)).all()
 
 
 @settings(max_examples=60, deadline=None)

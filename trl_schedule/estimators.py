@@ -493,20 +493,28 @@ def shrunk_group_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> ShrunkGr
       2 s2_c^2 / (d_c + 2) (E[s2^2] = sigma^4 (1 + 2 / d)). Limma instead fits d0 to the moments of log s2_c,
       which is -inf for a zero-std group, the very case this is for; the moments of s2_c have no such problem.
 
-    The std returned is sqrt(s~2_c). Edge cases:
+    The std returned is sqrt(s~2_c), the scale of a row's advantage. Edge cases:
 
-    - A group with one scorable reward (d_c = 0) has no variance of its own: lambda_c = 1, the pooled variance.
+    - A group with one scorable reward (d_c = 0) has no variance of its own (lambda_c = 1), and nothing in its
+      group to compare with: its advantage (James-Stein: alpha = 1) compares it with the other contexts, whose
+      spread is the total (within + between) variance, not sigma2. It gets the std of all scorable rewards in
+      the batch, TRL's ``scale_rewards="batch"`` denominator. (Scaled by sqrt(sigma2) instead, such a row's
+      advantage grows without bound as the groups become internally tied while their means differ.)
     - M < 2 (tau2 cannot be estimated), or tau2 = 0: lambda_c = 1 for every group, one pooled std for the batch.
     - sigma2 = 0 (no group has within-group spread, or none has two scorable rewards, as in TRL's eval with
-      ``num_generations_eval=1``): the within-group scale is not identified, so every group gets the std of all
-      scorable rewards in the batch (TRL's ``scale_rewards="batch"`` denominator); it is 0 only when every
-      scorable reward is equal, where every baseline gives advantage 0.
+      ``num_generations_eval=1``): the within-group scale is not identified, so every group gets the batch std
+      as well; it is 0 only when every scorable reward is equal, where every baseline gives advantage 0.
+
+    This is a within-group scale, meant for baselines that compare a row mostly with its own group (RLOO,
+    James-Stein, whose zero-std groups get advantages proportional to alpha_c, small when sigma2 is). A purely
+    cross-context baseline (``CrossContextBaseline``) gives tied groups advantages on the between-group scale:
+    scale those by the batch std.
 
     Properties (tested): the std is scale-equivariant (rewards x c -> std x |c|, lambda unchanged) and shift- and
-    permutation-invariant. It is never far below the pooled std: with equal K, tau2 / sigma2^2 <= M (because the
-    s2_c / sigma2 are >= 0 and sum to M), so lambda_c >= 2 / (2 + (K - 1) M) and s~_c >= sqrt(lambda_c sigma2)
-    (K = 2, M = 16: >= 0.33 sqrt(sigma2)), whatever the rewards. With ragged groups
-    tau2 / sigma2^2 <= (sum_c d_c / min_c d_c)^2 / (M - 1).
+    permutation-invariant. A group with d_c >= 1 is never divided by much less than the pooled std: with equal
+    K, tau2 / sigma2^2 <= M (the s2_c / sigma2 are >= 0 and sum to M), so lambda_c >= 2 / (2 + (K - 1) M) and
+    s~_c >= sqrt(lambda_c sigma2) (K = 2, M = 16: >= 0.33 sqrt(sigma2)), whatever the rewards. With ragged
+    groups tau2 / sigma2^2 <= (sum_c d_c / min_c d_c)^2 / (M - 1).
 
     Assumptions, honestly: the noise term 2 sigma^4 / d is normal theory. Var[s2_c] is sigma_c^4 (2 / d_c +
     kappa / K_c) for excess kurtosis kappa: binary rewards are light-tailed (kappa = -2 at p = 1/2, which halves
@@ -536,11 +544,11 @@ def shrunk_group_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> ShrunkGr
     t = torch.where((m >= 2) & (sigma2 > 0), (spread - noise).clamp_min(0), 0.0)  # tau2 / sigma2^2
     lam = 2 / (2 + dof * t)  # d0 / (d0 + d_c) with d0 = 2 / t; 1 where d_c = 0 or t = 0
     within_std = sigma2.sqrt() * ((1 - lam) * u + lam).sqrt()
-    # sigma2 = 0: the std of all scorable rewards (Bessel), 0 with fewer than two.
+    # Lone rewards and sigma2 = 0: the std of all scorable rewards (Bessel), 0 with fewer than two.
     n = stats.count.sum()
     mean = stats.total.sum() / n.clamp_min(1)
     batch_var = torch.where(stats.valid, (stats.rewards - mean) ** 2, 0.0).sum() / (n - 1).clamp_min(1)
-    std_g = torch.where(sigma2 > 0, within_std, batch_var.sqrt())
+    std_g = torch.where(multi & (sigma2 > 0), within_std, batch_var.sqrt())
     out_dtype = _out_dtype(rewards)
     std = torch.where(stats.valid, std_g[stats.inverse], torch.nan).to(out_dtype)
     shrinkage = torch.where(stats.valid, lam[stats.inverse], torch.nan).to(out_dtype)
