@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 from trl.trainer.utils import nanstd
 
-from trl_schedule.estimators import JamesSteinBaseline, RLOOBaseline
+from trl_schedule.estimators import JamesSteinBaseline, RLOOBaseline, shrunk_group_std
 from trl_schedule.rloo import JSGRPOTrainer, JSRLOOTrainer, contiguous_group_ids
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -463,6 +463,203 @@ def test_js_grpo_batch_scaling_trains(tmp_path):
     assert all(
         k in trainer.state.log_history[0] for k in ("baseline/alpha", "baseline/sigma2", "baseline/delta2")
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GRPO scale_rewards="group" with group_scale="shrunk": each group divided by its shrunk std + 1e-4
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "group_scale", "match"),
+    [
+        ({}, None, r"Pass group_scale='shrunk' to JSGRPOTrainer"),  # GRPO's default scale_rewards="group"
+        ({"scale_rewards": "batch"}, "shrunk", r"group_scale='shrunk' replaces .* but scale_rewards='batch'"),
+        ({"scale_rewards": "none"}, "shrunk", r"but scale_rewards='none'"),
+        ({}, "std", r"group_scale must be one of \(None, 'shrunk'\), got 'std'"),
+    ],
+)
+def test_grpo_group_scale_is_explicit(tmp_path, overrides, group_scale, match):
+    model, tokenizer = build_tiny_lm()
+    with pytest.raises(ValueError, match=match):
+        JSGRPOTrainer(
+            model=model,
+            reward_funcs=target_reward,
+            args=_config(GRPOConfig, tmp_path, **overrides),
+            train_dataset=tiny_prompt_dataset(),
+            processing_class=tokenizer,
+            group_scale=group_scale,
+        )
+
+
+def test_grpo_shrunk_group_scale_refuses_double_scaling(tmp_path):
+    model, tokenizer = build_tiny_lm()
+    with pytest.raises(ValueError, match="scale_rewards='group' with group_scale='shrunk'.*twice"):
+        JSGRPOTrainer(
+            model=model,
+            reward_funcs=target_reward,
+            args=_config(GRPOConfig, tmp_path),
+            train_dataset=tiny_prompt_dataset(),
+            processing_class=tokenizer,
+            estimator=JamesSteinBaseline(scale="batch"),
+            group_scale="shrunk",
+        )
+
+
+def _bare_grpo_trainer(estimator, scale_rewards: str, group_scale: str | None = None) -> JSGRPOTrainer:
+    """A `JSGRPOTrainer` without `__init__` (no model): enough for `_estimator_advantages`."""
+    trainer = JSGRPOTrainer.__new__(JSGRPOTrainer)
+    trainer.estimator = estimator
+    trainer.scale_rewards = scale_rewards
+    trainer.group_scale = group_scale
+    return trainer
+
+
+def _grpo_advantages(rewards, num_generations, scale_rewards="group", group_scale="shrunk", estimator=None):
+    trainer = _bare_grpo_trainer(estimator or JamesSteinBaseline(), scale_rewards, group_scale)
+    group_ids = contiguous_group_ids(rewards.numel(), num_generations)
+    _, advantages, metrics = trainer._estimator_advantages(rewards, group_ids)
+    return advantages, metrics
+
+
+def test_grpo_shrunk_group_scale_by_hand():
+    # Groups {0, 0}, {0, 0}, {0, 2}, {0, 6}. James-Stein (paper): means 0, 0, 1, 3, sigma2 = 5, between = 2 <
+    # noise = 2.5 -> delta2 = 0 -> alpha = 1: b = mean of the 7 other rewards = (8 - r) / 7, advantage (8r - 8)/7.
+    # The tied groups' advantage -8/7 is divided by TRL's raw group std 0 + 1e-4 -> -11429; by the shrunk std
+    # sqrt(375/107) = 1.872 (trl_schedule.estimators test_shrunk_group_std_by_hand_heterogeneous) -> -0.611;
+    # by the batch reward std sqrt(32/7) = 2.138 -> -0.535.
+    rewards = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 6.0])
+    adv = (8 * rewards - 8) / 7
+    std = (torch.tensor([375, 375, 375, 375, 439, 439, 951, 951]) / 107).sqrt()
+    ours, metrics = _grpo_advantages(rewards, 2)
+    torch.testing.assert_close(ours, adv / (std + 1e-4))
+    assert ours[0].item() == pytest.approx(-0.6105, abs=1e-4)
+    assert metrics == {"group_scale/shrinkage": pytest.approx(75 / 107)}
+    trl_group = adv / (nanstd(rewards.view(-1, 2), dim=1).repeat_interleave(2) + 1e-4)
+    assert trl_group[0].item() == pytest.approx(-8 / 7 * 1e4, rel=1e-5)
+    batch, metrics = _grpo_advantages(rewards, 2, "batch", None)
+    assert batch[0].item() == pytest.approx(-8 / 7 / (math.sqrt(32 / 7) + 1e-4), rel=1e-6) and metrics == {}
+
+
+def test_grpo_shrunk_group_scale_unscorable_and_lone_rows():
+    # Row 1 unscorable: advantage 0. Row 0, alone in its group, gets James-Stein's cross-context baseline and the
+    # batch std (no variance of its own). Every group tied (sigma2 = 0): the batch std.
+    rewards = torch.tensor([1.0, NAN, 0.0, 1.0, 1.0, 0.0, 0.0, 0.5])
+    ours, _ = _grpo_advantages(rewards, 2)
+    est = JamesSteinBaseline()(rewards, contiguous_group_ids(8, 2))
+    std = shrunk_group_std(rewards, contiguous_group_ids(8, 2)).std
+    assert ours[1] == 0 and torch.isfinite(ours).all() and ours[0] != 0
+    torch.testing.assert_close(ours, torch.nan_to_num(est.advantages / (std + 1e-4)))
+    tied = torch.tensor([1.0, 1.0, 0.0, 0.0, 3.0, 3.0, 2.0, NAN])
+    ours, _ = _grpo_advantages(tied, 2)
+    est = JamesSteinBaseline()(tied, contiguous_group_ids(8, 2))
+    assert ours[6] != 0  # the lone row 6 is compared with the other contexts ...
+    torch.testing.assert_close(
+        ours, est.advantages / (nanstd(tied) + 1e-4)
+    )  # ... and scaled by the batch std
+
+
+def _grouped_rewards(data, max_groups=8):
+    """A (B, K) batch of rewards on a 1/4 grid, some groups tied, some rows unscorable."""
+    num_groups = data.draw(st.integers(3, max_groups))
+    k = data.draw(st.integers(2, 4))
+    values = st.one_of(st.integers(0, 8).map(lambda x: x / 4), st.just(NAN))
+    rows = data.draw(
+        st.lists(st.lists(values, min_size=k, max_size=k), min_size=num_groups, max_size=num_groups)
+    )
+    rewards = torch.tensor(rows, dtype=torch.float64)
+    for c in data.draw(st.lists(st.integers(0, num_groups - 1), max_size=num_groups)):
+        rewards[c] = data.draw(st.integers(0, 8)) / 4  # a tied group
+    return rewards
+
+
+@pytest.mark.filterwarnings("ignore:James-Stein baseline with only")
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), scale=st.floats(0.01, 100))
+def test_grpo_shrunk_group_scale_properties(data, scale):
+    grouped = _grouped_rewards(data)
+    num_groups, k = grouped.shape
+    rewards = grouped.reshape(-1)
+    ours, _ = _grpo_advantages(rewards, k)
+    assert torch.isfinite(ours).all() and (ours[torch.isnan(rewards)] == 0).all()
+
+    # Scale-equivariance: rewards x c leaves the advantages unchanged up to the 1e-4 epsilon: both are within
+    # 1e-4 / std (relative) of the epsilon-free advantage / std. (Absolute 1e-8: a tied group's advantage is 0 up
+    # to rounding, ~1e-15 x the rewards, and its std too, so the epsilon divides that rounding.)
+    group_ids = contiguous_group_ids(rewards.numel(), k)
+    adv = JamesSteinBaseline()(rewards, group_ids).advantages
+    std = shrunk_group_std(rewards, group_ids).std
+    ok = ~torch.isnan(rewards) & (std > 0)
+    exact = adv[ok] / std[ok]
+    scaled, _ = _grpo_advantages(rewards * scale, k)
+    for c, got in ((1.0, ours), (scale, scaled)):
+        bound = exact.abs() * 1e-4 / (c * std[ok]) + 1e-8
+        assert ((got[ok] - exact).abs() <= bound * 1.0001).all(), (c, got[ok], exact)
+
+    # Permuting the groups (TRL's contiguous blocks) permutes the advantages.
+    perm = torch.tensor(data.draw(st.permutations(range(num_groups))))
+    permuted, _ = _grpo_advantages(grouped[perm].reshape(-1), k)
+    torch.testing.assert_close(permuted, ours.view(num_groups, k)[perm].reshape(-1), rtol=1e-9, atol=1e-12)
+
+    # A tied group is divided by at least the proven floor of the pooled std, never by ~1e-4 (docstring of
+    # shrunk_group_std): its scaled advantage is at most adv / sqrt(floor * sigma2).
+    sigma2 = shrunk_group_std(rewards, group_ids).sigma2
+    scorable = ~torch.isnan(grouped)
+    tied = scorable.sum(1) >= 2
+    tied &= torch.where(scorable, grouped, -1.0).amax(1) == torch.where(scorable, grouped, 9.0).amin(1)
+    if tied.any() and sigma2 > 0:
+        dof = (scorable.sum(1) - 1).clamp_min(0).double()
+        multi = dof[dof > 0]
+        t_max = (multi.sum() / multi.min()) ** 2 / max(len(multi) - 1, 1) if len(multi) >= 2 else 0.0
+        floor = (2 / (2 + dof * t_max)).repeat_interleave(k)
+        rows = tied.repeat_interleave(k) & ~torch.isnan(rewards)
+        assert (ours[rows].abs() <= adv[rows].abs() / (floor[rows] * sigma2).sqrt() + 1e-9).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    means=st.lists(st.integers(0, 20), min_size=3, max_size=10), k=st.integers(2, 5), step=st.integers(1, 4)
+)
+def test_grpo_shrunk_group_scale_with_one_common_variance_is_a_batch_constant(means, k, step):
+    """Every group with the same sample variance: one scale for the whole batch, the pooled within-group std, so
+    the advantages are James-Stein's divided by a constant, like scale_rewards="batch" (which divides by the
+    total std, within + between groups)."""
+    pattern = torch.arange(k, dtype=torch.float64) * step / 4
+    rewards = (torch.tensor(means, dtype=torch.float64)[:, None] / 4 + pattern).reshape(-1)
+    ours, metrics = _grpo_advantages(rewards, k)
+    batch, _ = _grpo_advantages(rewards, k, "batch", None)
+    assert metrics["group_scale/shrinkage"] == pytest.approx(1.0)
+    nonzero = batch.abs() > 1e-9
+    ratio = ours[nonzero] / batch[nonzero]
+    torch.testing.assert_close(ratio, ratio[0].expand_as(ratio), rtol=1e-9, atol=0)
+    expected = (nanstd(rewards) + 1e-4) / (pattern.std() + 1e-4)
+    torch.testing.assert_close(ratio[0], expected, rtol=1e-9, atol=0)
+
+
+def test_js_grpo_shrunk_group_scale_trains(tmp_path):
+    model, tokenizer = build_tiny_lm()
+    trainer = JSGRPOTrainer(
+        model=model,
+        reward_funcs=target_reward,
+        args=_config(GRPOConfig, tmp_path),  # GRPO's default scale_rewards="group"
+        train_dataset=tiny_prompt_dataset(),
+        processing_class=tokenizer,
+        group_scale="shrunk",
+    )
+    assert trainer.scale_rewards == "group" and trainer.group_scale == "shrunk"
+    before = _params(trainer.model)
+    rec = _Recorder(trainer)
+    trainer.train()
+    _assert_changed(before, trainer.model)
+    for step, (rewards_per_func, generated, consumed) in enumerate(
+        zip(rec.rewards_per_func, rec.generated, rec.consumed)
+    ):
+        rewards = _sequence_rewards(rewards_per_func)
+        group_ids = torch.arange(rewards.numel()) // NUM_GENERATIONS
+        expected = JamesSteinBaseline()(rewards, group_ids).advantages
+        scale = shrunk_group_std(rewards, group_ids)
+        torch.testing.assert_close(generated, expected / (scale.std + 1e-4), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(consumed.sort().values, generated.sort().values)
+        log = trainer.state.log_history[step]
+        assert log["group_scale/shrinkage"] == pytest.approx(scale.shrinkage.mean().item(), rel=1e-5)
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ swap the baseline without copying that ~300-line method. What is replaced, preci
      group with a single scorable completion (no leave-one-out baseline). An estimator reports such rows with
      `has_baseline == False` (`RLOOBaseline` does, so it matches TRL exactly); James-Stein gives a single
      scorable completion alpha = 1 and the cross-context baseline, a real baseline, so that row stays in the
-     normalisation. GRPO `scale_rewards="batch"` (divide by the batch reward std + 1e-4) or `"none"`;
+     normalisation. GRPO `scale_rewards="batch"` (divide by the batch reward std + 1e-4), `"none"`, or
+     `"group"` with `group_scale="shrunk"` (below);
    - each process keeps `advantages[rank * n_local : (rank + 1) * n_local]`, exactly TRL's slice.
 
    The advantages written to the completions table (`self._logs["advantages"]`) are replaced as well, and
@@ -32,16 +33,27 @@ swap the baseline without copying that ~300-line method. What is replaced, preci
 Everything else TRL logs (`reward`, `reward_std`, `frac_reward_zero_std`, `kl`, ...) is TRL's, unchanged. The
 policy loss, clipping and GRPO's KL-in-the-loss term are untouched: they read `inputs["advantages"]`.
 
+GRPO's per-group scaling, `JSGRPOTrainer(..., args=GRPOConfig(scale_rewards="group"), group_scale="shrunk")`:
+each group's advantages are divided by its *shrunk* reward std + 1e-4
+(`trl_schedule.estimators.shrunk_group_std`: the group's sample variance shrunk toward the pooled within-group
+variance with Smyth's empirical-Bayes weights, derived in its docstring). A zero-std group is divided by roughly
+the pooled std, never by 1e-4: with K = 2 to 8 and binary rewards (2000 simulated batches of 16 prompts) the
+largest scaled James-Stein advantage in a batch averaged 1.6 to 2.3, against 1.5 to 1.8 with
+`scale_rewards="batch"` and 1.2e3 to 3.9e3 with TRL's raw group std. The scaling is logged as
+`group_scale/shrinkage` (the mean weight on the pooled variance over scorable rows; 1 = one batch-wide scale).
+
 Refused with a `ValueError` at construction:
 
-- GRPO `scale_rewards="group"` (GRPO's default). It divides each group's advantage by (that group's reward
-  std + 1e-4). With GRPO's group-mean baseline the advantages of a zero-std group are exactly 0, so TRL never
-  notices; a James-Stein baseline shrinks toward the other contexts, so a zero-std group gets a nonzero
-  advantage, which would be multiplied by ~1e4. Use `scale_rewards="batch"` (or `"none"`).
+- GRPO `scale_rewards="group"` (GRPO's default) without `group_scale="shrunk"`. TRL divides each group's
+  advantage by (that group's reward std + 1e-4). With GRPO's group-mean baseline the advantages of a zero-std
+  group are exactly 0, so TRL never notices; a James-Stein baseline shrinks toward the other contexts, so a
+  zero-std group gets a nonzero advantage, which would be multiplied by ~1e4. Pass `group_scale="shrunk"`, or
+  use `scale_rewards="batch"` (or `"none"`). `group_scale` with any other `scale_rewards` is refused too.
 - GRPO `multi_objective_aggregation="normalize_then_sum"`: rewards are standardised within each group before
   the baseline, so every group mean is 0 and there is nothing to shrink toward. Use `"sum_then_normalize"`.
 - An estimator built with `scale="batch"` together with the trainer's own scaling (RLOO
-  `normalize_advantages=True`, GRPO `scale_rewards="batch"`): the advantages would be scaled twice.
+  `normalize_advantages=True`, GRPO `scale_rewards="batch"` or `"group"`): the advantages would be scaled
+  twice.
 
 In eval mode with `num_generations_eval=1` TRL's RLOO sets every advantage to 0 (no leave-one-out baseline);
 here each one-row group gets the estimator's cross-context baseline instead (James-Stein: alpha = 1). Eval
@@ -61,9 +73,12 @@ from accelerate.utils import gather
 from trl import GRPOTrainer, RLOOTrainer
 from trl.trainer.utils import nanstd
 
-from .estimators import JamesSteinBaseline, check_estimator_output
+from .estimators import JamesSteinBaseline, check_estimator_output, shrunk_group_std
 
-__all__ = ["JSGRPOTrainer", "JSRLOOTrainer", "contiguous_group_ids"]
+__all__ = ["GROUP_SCALES", "JSGRPOTrainer", "JSRLOOTrainer", "contiguous_group_ids"]
+
+# `JSGRPOTrainer(group_scale=...)`: how `scale_rewards="group"` scales each group (None: refused).
+GROUP_SCALES = (None, "shrunk")
 
 _TRL_MISMATCH = "the installed TRL does not match the one trl_schedule.rloo overrides (trl>=1.16,<1.17)"
 
@@ -147,10 +162,15 @@ class _BaselineSwapMixin:
         raise NotImplementedError
 
     def _scale_advantages(
-        self, advantages: torch.Tensor, rewards: torch.Tensor, has_baseline: torch.Tensor
-    ) -> torch.Tensor:
-        """TRL's scaling of `advantages` (N,), given the gathered `rewards` (N,) (NaN = unscorable) and
-        `has_baseline` (N,) bool (scorable rows the estimator had a usable baseline for)."""
+        self,
+        advantages: torch.Tensor,
+        rewards: torch.Tensor,
+        group_ids: torch.Tensor,
+        has_baseline: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """TRL's scaling of `advantages` (N,), given the gathered `rewards` (N,) (NaN = unscorable), their
+        `group_ids` (N,) and `has_baseline` (N,) bool (scorable rows the estimator had a usable baseline for).
+        Returns the scaled advantages and the metrics to log about the scaling (may be empty)."""
         raise NotImplementedError
 
     def _sequence_rewards(self, rewards_per_func: torch.Tensor, out: dict, capture: _Capture) -> torch.Tensor:
@@ -198,7 +218,7 @@ class _BaselineSwapMixin:
 
         rewards = self._sequence_rewards(capture.rewards_per_func, out, capture)
         group_ids = contiguous_group_ids(rewards.numel(), num_generations, device=rewards.device)
-        est, advantages = self._estimator_advantages(rewards, group_ids)
+        est, advantages, scale_metrics = self._estimator_advantages(rewards, group_ids)
         scorable = ~torch.isnan(rewards)
 
         # TRL's slice: this process's completions are rows [rank * n_local, (rank + 1) * n_local).
@@ -207,12 +227,15 @@ class _BaselineSwapMixin:
         out["advantages"] = advantages[rank * n_local : (rank + 1) * n_local]
 
         self._log_baseline(mode, est, scorable, advantages)
+        for name, value in scale_metrics.items():
+            self._metrics[mode][name].append(value)
         return out
 
     def _estimator_advantages(
         self, rewards: torch.Tensor, group_ids: torch.Tensor
-    ) -> tuple[Any, torch.Tensor]:
-        """The estimator's checked output and the advantages `(N,)` the loss gets, before the process slice.
+    ) -> tuple[Any, torch.Tensor, dict[str, float]]:
+        """The estimator's checked output, the advantages `(N,)` the loss gets (before the process slice) and the
+        scaling's metrics.
 
         Args:
             rewards (`torch.Tensor` of shape `(N,)`): the gathered sequence rewards, NaN = unscorable.
@@ -225,7 +248,8 @@ class _BaselineSwapMixin:
         has_baseline = getattr(est, "has_baseline", None)
         has_baseline = scorable if has_baseline is None else scorable & has_baseline.to(scorable.device)
         advantages = torch.where(scorable, est.advantages.to(rewards.dtype), torch.zeros_like(rewards))
-        return est, self._scale_advantages(advantages, rewards, has_baseline)
+        advantages, scale_metrics = self._scale_advantages(advantages, rewards, group_ids, has_baseline)
+        return est, advantages, scale_metrics
 
     def _log_baseline(self, mode: str, est: Any, scorable: torch.Tensor, advantages: torch.Tensor) -> None:
         metrics = self._metrics[mode]
@@ -297,15 +321,19 @@ class JSRLOOTrainer(_BaselineSwapMixin, RLOOTrainer):
         return bool(self.normalize_advantages)
 
     def _scale_advantages(
-        self, advantages: torch.Tensor, rewards: torch.Tensor, has_baseline: torch.Tensor
-    ) -> torch.Tensor:
+        self,
+        advantages: torch.Tensor,
+        rewards: torch.Tensor,
+        group_ids: torch.Tensor,
+        has_baseline: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         if not self.normalize_advantages:
-            return advantages
+            return advantages, {}
         # TRL: rows without a baseline (unscorable, or alone in their group) are NaN here, so they are out of
         # the mean and std, and become 0 after.
         advantages = advantages.masked_fill(~has_baseline, torch.nan)
         advantages = (advantages - torch.nanmean(advantages)) / (nanstd(advantages) + 1e-4)
-        return torch.nan_to_num(advantages, nan=0.0)
+        return torch.nan_to_num(advantages, nan=0.0), {}
 
 
 class JSGRPOTrainer(_BaselineSwapMixin, GRPOTrainer):
@@ -313,23 +341,52 @@ class JSGRPOTrainer(_BaselineSwapMixin, GRPOTrainer):
 
     Args:
         *args, **kwargs:
-            Exactly `trl.GRPOTrainer`'s arguments. `args.scale_rewards` must be `"batch"` or `"none"` (GRPO's
-            default `"group"` is refused) and `args.multi_objective_aggregation` must be
-            `"sum_then_normalize"`; the module docstring says why.
+            Exactly `trl.GRPOTrainer`'s arguments. `args.multi_objective_aggregation` must be
+            `"sum_then_normalize"`, and `args.scale_rewards` `"batch"`, `"none"`, or GRPO's default `"group"`
+            together with `group_scale="shrunk"`; the module docstring says why.
         estimator (*optional*):
             As in [`JSRLOOTrainer`]. Defaults to `JamesSteinBaseline()`.
+        group_scale (`str`, *optional*):
+            How `scale_rewards="group"` scales each group's advantages. `None` (default): refused, as TRL's
+            (group std + 1e-4) would multiply a zero-std group's James-Stein advantage by ~1e4. `"shrunk"`: divide
+            by the empirical-Bayes shrunk group std + 1e-4,
+            [`~trl_schedule.estimators.shrunk_group_std`] (each group's variance shrunk toward the pooled
+            within-group variance, so a zero-std group is divided by roughly the pooled std). Only valid with
+            `scale_rewards="group"`.
 
     GRPO keeps its KL term in the loss (`beta`), not in the reward, so the estimator sees the weighted reward
     sum. With `scale_rewards="batch"` the advantages are divided by the batch reward std + 1e-4, as in TRL.
     """
 
-    def _check_baseline_compatible(self) -> None:
-        if self.scale_rewards not in ("batch", "none"):
+    def __init__(self, *args: Any, estimator: Any = None, group_scale: str | None = None, **kwargs: Any):
+        if group_scale not in GROUP_SCALES:
             raise ValueError(
-                f"JSGRPOTrainer does not support scale_rewards={self.scale_rewards!r}: per-group std scaling "
-                "divides a James-Stein advantage by (group std + 1e-4), and a group whose rewards are all "
-                "equal has std 0 but (unlike with GRPO's group-mean baseline) a nonzero advantage, which "
-                "would be multiplied by ~1e4. Set scale_rewards='batch' (or 'none') in GRPOConfig."
+                f"group_scale must be one of {GROUP_SCALES}, got {group_scale!r}. Pass group_scale='shrunk' "
+                "(with scale_rewards='group') or leave it None."
+            )
+        self.group_scale = group_scale  # read by the checks that the base __init__ runs
+        super().__init__(*args, estimator=estimator, **kwargs)
+
+    def _check_baseline_compatible(self) -> None:
+        if self.scale_rewards == "group" and self.group_scale is None:
+            raise ValueError(
+                "JSGRPOTrainer does not support scale_rewards='group' with TRL's per-group std: it divides a "
+                "James-Stein advantage by (group std + 1e-4), and a group whose rewards are all equal has std 0 "
+                "but (unlike with GRPO's group-mean baseline) a nonzero advantage, which would be multiplied by "
+                "~1e4. Pass group_scale='shrunk' to JSGRPOTrainer to divide by a shrunk group std "
+                "(trl_schedule.estimators.shrunk_group_std) instead, or set scale_rewards='batch' (or 'none') in "
+                "GRPOConfig."
+            )
+        if self.group_scale is not None and self.scale_rewards != "group":
+            raise ValueError(
+                f"group_scale={self.group_scale!r} replaces the per-group std of scale_rewards='group', but "
+                f"scale_rewards={self.scale_rewards!r}. Set scale_rewards='group' in GRPOConfig, or drop "
+                "group_scale."
+            )
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ValueError(
+                f"JSGRPOTrainer does not support scale_rewards={self.scale_rewards!r}. Set scale_rewards="
+                "'batch', 'none', or 'group' with group_scale='shrunk', in GRPOConfig."
             )
         if self.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError(
@@ -340,17 +397,30 @@ class JSGRPOTrainer(_BaselineSwapMixin, GRPOTrainer):
             )
 
     def _trainer_scaling_field(self) -> str:
+        if self.group_scale is not None:
+            return f"scale_rewards={self.scale_rewards!r} with group_scale={self.group_scale!r}"
         return f"scale_rewards={self.scale_rewards!r}"
 
     def _trainer_scales_advantages(self) -> bool:
         return self.scale_rewards != "none"
 
     def _scale_advantages(
-        self, advantages: torch.Tensor, rewards: torch.Tensor, has_baseline: torch.Tensor
-    ) -> torch.Tensor:
+        self,
+        advantages: torch.Tensor,
+        rewards: torch.Tensor,
+        group_ids: torch.Tensor,
+        has_baseline: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         # GRPO divides by the std of the rewards, not of the advantages: `has_baseline` plays no part.
         if self.scale_rewards == "none":
-            return advantages
+            return advantages, {}
+        if self.scale_rewards == "group":  # group_scale == "shrunk", checked at construction
+            scale = shrunk_group_std(rewards, group_ids)
+            # Unscorable rows have a NaN std (and advantage 0): 0 after nan_to_num.
+            scaled = advantages / (scale.std.to(advantages.dtype) + 1e-4)
+            scorable = ~torch.isnan(rewards)
+            shrinkage = scale.shrinkage[scorable].float().mean().item() if scorable.any() else 1.0
+            return torch.nan_to_num(scaled, nan=0.0), {"group_scale/shrinkage": shrinkage}
         std = nanstd(rewards) if rewards.numel() > 1 else torch.zeros((), device=rewards.device)
         # As in TRL, a batch with < 2 scorable rewards has a NaN std: its advantages become 0.
-        return torch.nan_to_num(advantages / (std + 1e-4), nan=0.0)
+        return torch.nan_to_num(advantages / (std + 1e-4), nan=0.0), {}
