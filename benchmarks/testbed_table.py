@@ -22,11 +22,19 @@ and its figures:
 - ``report``: the markdown table (mean +- std over seeds, and the gain over the default schedule paired on the
   same noises), the ablation, reward-vs-step curves (PNG) and the diagnostics.
 
+Two worlds (``--world``): ``flow`` (the shipped rectified-flow model, ``testbed_table.md``) and ``sd`` (the
+SD-family epsilon-prediction model with SD 1.5's Euler scheduler, ``testbed_sd_table.md``). The SD model's own
+schedule ("leading" spacing) starts below t = 1, which no Dirichlet schedule (always ``t_0 = 1``) can express,
+so there every trained row starts from the paper's uniform initialisation and the fixed rows add Karras (both
+diffusers' and the full-range ramp) and AYS; its report adds the gains over the uniform schedule (the rows'
+start). Each job also records the estimator's ``alpha`` / ``sigma2`` / ``delta2`` over training.
+
 Commands (the results file records the ones that produced it)::
 
     python benchmarks/testbed_table.py --part runs --workers 8            # GPU if there is one
     OMP_NUM_THREADS=1 python benchmarks/testbed_table.py --part diagnostics
     python benchmarks/testbed_table.py --part report
+    python benchmarks/testbed_table.py --world sd --part runs --L 3 5 8 --workers 2   # the SD-family world
 
 Smoke version (tiny budget, seconds; run by the tests)::
 
@@ -77,6 +85,31 @@ TRAINED = {  # row name -> ScheduleRLConfig overrides
     "global schedule (no inputs), lr x10": dict(baseline="james_stein", policy_inputs="none", lr_scale=10.0),
     "prompt-only policy": dict(baseline="james_stein", policy_inputs="prompt"),
 }
+FIXED_SD = {  # the SD-family world: the pipeline's own, the hand-tuned VP schedules and the flow world's grids
+    "default": None,  # EulerDiscreteScheduler with SD 1.5's "leading" spacing: t_0 < 1
+    "uniform": ("uniform", None),
+    "shift 1/3": ("shifted", 1 / 3),
+    "shift 2": ("shifted", 2.0),
+    "shift 3": ("shifted", 3.0),
+    "karras (diffusers)": ("karras_diffusers", None),  # use_karras_sigmas=True: inside the leading range
+    "karras (full range)": ("karras", None),  # k-diffusion's ramp from sigma_max (t_0 = 1)
+    "AYS (SD 1.5)": ("ays", "sd"),  # Align-Your-Steps, optimised for SD 1.5 (same betas)
+}
+# the default schedule is not a Dirichlet schedule here (t_0 < 1): every row starts from the uniform one, so the
+# flow world's "JS (paper), init uniform" row would be the "JS (paper)" row itself
+TRAINED_SD = {
+    row: {**overrides, "policy_init": "uniform"}
+    for row, overrides in TRAINED.items()
+    if row != "JS (paper), init uniform"
+}
+WORLDS = {
+    "flow": dict(title="The paper's table on the testbed", fixed=FIXED, trained=TRAINED, init="default",
+                 raw_dir="benchmarks/results/testbed_table_raw", out="benchmarks/results/testbed_table.md"),
+    "sd": dict(title="The paper's table on the SD-family testbed", fixed=FIXED_SD, trained=TRAINED_SD,
+               init="uniform", raw_dir="benchmarks/results/testbed_sd_table_raw",
+               out="benchmarks/results/testbed_sd_table.md"),
+}  # fmt: skip
+"""World -> its title, fixed and trained rows, the schedule the trained rows start from, default paths."""
 READING_MARKER = "## Reading (hand-written"
 ESTIMATOR_ROWS = ("RLOO", "cross-context RLOO", "JS (paper)", "JS (loo)")
 ESTIMATOR_NAMES = {"RLOO": "rloo", "cross-context RLOO": "cross_context", "JS (paper)": "james_stein",
@@ -98,17 +131,25 @@ def _recipe():
 _WORLD: dict[str, Any] = {}
 
 
-def world(device: str, num_test: int) -> dict[str, Any]:
-    """The testbed pipeline, sampler, reward and prompt sets, built once per process."""
-    if not _WORLD:
+def world(device: str, num_test: int, kind: str = "flow") -> dict[str, Any]:
+    """The testbed pipeline of world `kind`, its sampler, reward and prompt sets, built once per process."""
+    if _WORLD.get("kind") != kind:
         from trl_schedule.rewards import WeightedRewards
         from trl_schedule.samplers import sampler_for
-        from trl_schedule.testbed import TestbedReward, load_testbed_pipeline, make_prompt_datasets
+        from trl_schedule.testbed import (
+            TestbedReward,
+            load_testbed_pipeline,
+            load_testbed_sd_pipeline,
+            make_prompt_datasets,
+        )
 
-        pipe = load_testbed_pipeline(device=device)
+        load = load_testbed_sd_pipeline if kind == "sd" else load_testbed_pipeline
+        pipe = load(device=device)
         splits = make_prompt_datasets(num_train=2048, num_test=num_test, seed=0)
         reward = TestbedReward()
+        _WORLD.clear()
         _WORLD.update(
+            kind=kind,
             pipe=pipe,
             sampler=sampler_for(pipe),
             reward=reward,
@@ -120,14 +161,33 @@ def world(device: str, num_test: int) -> dict[str, Any]:
     return _WORLD
 
 
-def fixed_times(name: str, num_steps: int, sampler) -> torch.Tensor:
-    """A reference schedule's times `(L+1,)`."""
-    from trl_schedule.schedules import eval_times, shifted_schedule, uniform_schedule
+def fixed_times(name: str, num_steps: int, sampler, fixed: dict[str, Any] = FIXED) -> torch.Tensor:
+    """A reference schedule's times `(L+1,)` (`fixed`: the world's fixed rows)."""
+    from trl_schedule.schedules import (
+        ays_schedule,
+        eval_times,
+        karras_schedule,
+        sdxl_default_times,
+        shifted_schedule,
+        uniform_schedule,
+    )
 
-    if FIXED[name] is None:
+    if fixed[name] is None:
         return sampler.default_times(num_steps).float()
-    kind, shift = FIXED[name]
-    tau = uniform_schedule(num_steps) if kind == "uniform" else shifted_schedule(num_steps, shift)
+    kind, arg = fixed[name]
+    if kind == "karras_diffusers":
+        from diffusers import EulerDiscreteScheduler
+
+        config = sampler.scheduler.config
+        return sdxl_default_times(
+            EulerDiscreteScheduler.from_config(config, use_karras_sigmas=True), num_steps
+        ).float()
+    tau = {
+        "uniform": lambda: uniform_schedule(num_steps),
+        "shifted": lambda: shifted_schedule(num_steps, arg),
+        "karras": lambda: karras_schedule(sampler.scheduler, num_steps),
+        "ays": lambda: ays_schedule(num_steps, family=arg),
+    }[kind]()
     return eval_times(tau).float()
 
 
@@ -224,19 +284,26 @@ def _run_job(job: tuple, opts: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(opts["threads"])
     kind, row, num_steps, seed = job
-    w = world(opts["device"], opts["num_test"])
+    spec = WORLDS[opts["world"]]
+    w = world(opts["device"], opts["num_test"], opts["world"])
     start = time.perf_counter()
-    result: dict[str, Any] = {"kind": kind, "row": row, "L": num_steps, "seed": seed}
+    result: dict[str, Any] = {"kind": kind, "row": row, "L": num_steps, "seed": seed, "world": opts["world"]}
     if kind == "fixed":
         result["rewards"] = {
-            name: evaluate(w, seed, fixed_times(name, num_steps, w["sampler"])) for name in FIXED
+            name: evaluate(w, seed, fixed_times(name, num_steps, w["sampler"], spec["fixed"]))
+            for name in spec["fixed"]
         }
     else:
-        trainer = make_trainer(w, num_steps, seed, opts, TRAINED[row])
+        trainer = make_trainer(w, num_steps, seed, opts, spec["trained"][row])
         trainer.train()
         policy = trainer.model.eval()
         result["rewards"] = {row: evaluate(w, seed, policy_mode_times(policy, w["sampler"]))}
-        result["curve"] = [(e["step"], e["reward"]) for e in trainer.state.log_history if "reward" in e]
+        history = [e for e in trainer.state.log_history if "reward" in e]
+        result["curve"] = [(e["step"], e["reward"]) for e in history]
+        # the estimator's statistics over training (sigma2 / delta2: James-Stein only)
+        result["estimator_curve"] = [
+            (e["step"], *(e.get(f"baseline/{key}") for key in ("alpha", "sigma2", "delta2"))) for e in history
+        ]
         with torch.no_grad():
             m = min(64, len(w["test_prompts"]))
             generator = torch.Generator().manual_seed(EVAL_SEED)
@@ -377,7 +444,7 @@ def part_diagnostics(opts: dict[str, Any]) -> None:
     torch.set_num_threads(opts["threads"])
     raw = Path(opts["raw_dir"])
     raw.mkdir(parents=True, exist_ok=True)
-    w = world(opts["device"], opts["num_test"])
+    w = world(opts["device"], opts["num_test"], opts["world"])
     checkpoints = sorted({int(round(opts["max_steps"] * f)) for f in (0, 1 / 3, 2 / 3, 1)})
     results: list[dict[str, Any]] = []
 
@@ -396,9 +463,10 @@ def part_diagnostics(opts: dict[str, Any]) -> None:
             print(f"diagnostics at step {step}: {time.perf_counter() - start:.0f} s", flush=True)
 
     start = time.perf_counter()
-    trainer = make_trainer(w, opts["diag_L"], 0, opts, TRAINED["JS (paper)"], callbacks=[Measure()])
+    js = WORLDS[opts["world"]]["trained"]["JS (paper)"]
+    trainer = make_trainer(w, opts["diag_L"], 0, opts, js, callbacks=[Measure()])
     trainer.train()
-    out = {"L": opts["diag_L"], "contexts": opts["contexts"], "max_steps": opts["max_steps"],
+    out = {"world": opts["world"], "L": opts["diag_L"], "contexts": opts["contexts"], "max_steps": opts["max_steps"],
            "mu_rollouts": opts["mu_rollouts"], "mse_replicates": opts["mse_replicates"],
            "grad_replicates": opts["grad_replicates"], "checkpoints": results, "command": opts["command"],
            "device": opts["device_name"], "seconds": time.perf_counter() - start,
@@ -439,11 +507,98 @@ def load_raw(raw: Path) -> dict[tuple[str, int, int], list[float]]:
     return table, curves, schedules, devices
 
 
+def load_estimator_curves(raw: Path) -> dict[tuple[str, int, int], list[tuple]]:
+    """(row, L, seed) -> [(step, alpha, sigma2, delta2)] logged during training (jobs that recorded them)."""
+    out = {}
+    for path in sorted(raw.glob("*.json")):
+        if path.name == "diagnostics.json":
+            continue
+        result = json.loads(path.read_text())
+        if result.get("estimator_curve"):
+            out[(result["row"], result["L"], result["seed"])] = [tuple(p) for p in result["estimator_curve"]]
+    return out
+
+
+def _smooth(values: list[float]) -> list[float]:
+    """Moving average over 3 logged points (2 at the ends), as the curves figure draws them."""
+    return [statistics.fmean(values[max(0, i - 1) : i + 2]) for i in range(len(values))]
+
+
+def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
+    """The first logged step whose smoothed training reward reaches `target` (None: never)."""
+    smooth = _smooth([r for _, r in curve])
+    return next((step for (step, _), value in zip(curve, smooth) if value >= target), None)
+
+
+def estimator_sections(estimator_curves, curves, levels, trained) -> list[str]:
+    """The estimators' statistics over training (alpha, sigma2, delta2: mean of seeds over the first and the last
+    third of the logged steps) and the sample-efficiency ratio (the steps a row needs to reach RLOO's final
+    smoothed training reward, over RLOO's total; rows of a seed see the same contexts and noises)."""
+    lines: list[str] = []
+    rows = [r for r in ESTIMATOR_ROWS if r in trained]
+    if estimator_curves:
+        lines += ["## The estimators during training (logged every step batch; mean over seeds)", "",
+                  "alpha: the shrinkage weight toward the cross-context baseline (1 - alpha on RLOO's); sigma2: the "
+                  "pooled within-context reward variance; delta2: the between-context variance of the context "
+                  "means (James-Stein rows only). Each cell: first third of training -> last third.", "",
+                  "| row | L | alpha | sigma2 | delta2 |", "|---|---|---|---|---|"]  # fmt: skip
+        for n in levels:
+            for row in rows:
+                runs = [c for (r, m, _), c in estimator_curves.items() if r == row and m == n]
+                if not runs:
+                    continue
+                cells = []
+                for j in (1, 2, 3):
+                    thirds = []
+                    for c in runs:
+                        values = [p[j] for p in c if p[j] is not None]
+                        if len(values) >= 3:
+                            k = len(values) // 3
+                            thirds.append((statistics.fmean(values[:k]), statistics.fmean(values[-k:])))
+                    if thirds:
+                        first, last = (statistics.fmean(t[i] for t in thirds) for i in (0, 1))
+                        cells.append(f"{first:.3g} -> {last:.3g}")
+                    else:
+                        cells.append("—")
+                lines.append(f"| {row} | {n} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if curves:
+        lines += ["## Sample efficiency: steps to reach RLOO's final training reward, over RLOO's steps", "",
+                  "RLOO's final = the mean of its last 3 logged training rewards (same seed); a row's steps = its first "
+                  "logged step whose 3-point moving average reaches that; '>1' = never within the budget. Per "
+                  "seed, then the median.", "",
+                  "| row | " + " | ".join(f"L={n}" for n in levels) + " |", "|---|" + "---|" * len(levels)]  # fmt: skip
+        for row in rows:
+            if row == "RLOO":
+                continue
+            cells = []
+            for n in levels:
+                ratios = []
+                for (r, m, seed), curve in curves.items():
+                    reference = curves.get(("RLOO", n, seed))
+                    if r != row or m != n or not reference:
+                        continue
+                    target = statistics.fmean(v for _, v in reference[-3:])
+                    reached = steps_to_reach(curve, target)
+                    ratios.append(math.inf if reached is None else reached / reference[-1][0])
+                if not ratios:
+                    cells.append("—")
+                    continue
+                per_seed = ", ".join(">1" if math.isinf(x) else f"{x:.2f}" for x in ratios)
+                median = statistics.median(ratios)
+                cells.append(f"{'>1' if math.isinf(median) else f'{median:.2f}'} ({per_seed})")
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def part_report(opts: dict[str, Any]) -> None:
     raw = Path(opts["raw_dir"])
+    spec = WORLDS[opts["world"]]
     table, curves, schedules, devices = load_raw(raw)
+    estimator_curves = load_estimator_curves(raw)
     levels = sorted({k[1] for k in table})
-    rows = [r for r in [*FIXED, *TRAINED] if any(k[0] == r for k in table)]
+    rows = [r for r in [*spec["fixed"], *spec["trained"]] if any(k[0] == r for k in table)]
     commands_file = raw / "runs_commands.jsonl"
     invocations = (
         [json.loads(line) for line in commands_file.read_text().splitlines()]
@@ -451,21 +606,21 @@ def part_report(opts: dict[str, Any]) -> None:
         else []
     )
 
-    def cell(row, num_steps, paired=False):
+    def cell(row, num_steps, paired=False, reference="default"):
         values = []
         for (r, n, s), rewards in table.items():
             if r != row or n != num_steps:
                 continue
             mean = statistics.fmean(x for x in rewards if not math.isnan(x))
             if paired:
-                base = table.get(("default", n, s))
+                base = table.get((reference, n, s))
                 if base is None:
                     continue
                 mean -= statistics.fmean(x for x in base if not math.isnan(x))
             values.append(mean)
         return values
 
-    lines = ["# The paper's table on the testbed", ""]
+    lines = [f"# {spec['title']}", ""]
     for record in invocations:
         lines.append(
             f"- command (runs): `{record['command']}` on {record['device']}, {record['date']}"
@@ -475,8 +630,8 @@ def part_report(opts: dict[str, Any]) -> None:
         o = invocations[-1]["opts"]
         lines.append(
             f"- budget per trained row: {o['max_steps']} steps x {o['contexts']} contexts x K = 2 rollouts "
-            f"({o['max_steps'] * o['contexts'] * 2} rollouts), learning rate {o['lr']}, policy_init 'default' "
-            f"unless the row says otherwise; held-out: {o['num_test']} test prompts (never trained on), one noise "
+            f"({o['max_steps'] * o['contexts'] * 2} rollouts), learning rate {o['lr']}, policy_init "
+            f"'{spec['init']}' unless the row says otherwise; held-out: {o['num_test']} test prompts (never trained on), one noise "
             "each, the same noises for every row of a seed."
         )
     by_device: dict[str, list[str]] = {}
@@ -498,7 +653,16 @@ def part_report(opts: dict[str, Any]) -> None:
             continue
         cells = (_mean_std(cell(row, n, paired=True), len(seeds)) for n in levels)
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    if spec["init"] != "default":  # the trained rows start elsewhere: their gain over where they started
+        lines += ["", f"## Gain over the {spec['init']} schedule (where every trained row starts), paired", "",
+                  header, sep]  # fmt: skip
+        for row in rows:
+            if row == spec["init"]:
+                continue
+            cells = (_mean_std(cell(row, n, paired=True, reference=spec["init"]), len(seeds)) for n in levels)
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines += ["", f"Seeds: {seeds}; a cell with fewer seeds says how many it has (n=...); — = not run.", ""]
+    lines += estimator_sections(estimator_curves, curves, levels, spec["trained"])
 
     if curves:
         path = Path(opts["out"]).with_name(Path(opts["out"]).stem + "_curves.png")
@@ -513,7 +677,7 @@ def part_report(opts: dict[str, Any]) -> None:
             "|---|---|---|---|---|",
         ]
         for row, n in sorted(
-            {(r, n) for r, n, _ in schedules}, key=lambda rn: (rn[1], [*TRAINED].index(rn[0]))
+            {(r, n) for r, n, _ in schedules}, key=lambda rn: (rn[1], [*spec["trained"]].index(rn[0]))
         ):
             cells = []
             for seed in (0, 1, 2):
@@ -625,10 +789,11 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--part", choices=["runs", "diagnostics", "report", "all"], default="all")
+    parser.add_argument("--world", choices=list(WORLDS), default="flow", help="which testbed model")
     parser.add_argument("--L", nargs="+", type=int, default=[2, 3, 4, 6, 8])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
-        "--rows", nargs="*", default=list(TRAINED), help="trained rows to run (none: fixed only)"
+        "--rows", nargs="*", default=None, help="trained rows to run (default: all; none: fixed only)"
     )
     parser.add_argument("--max_steps", type=int, default=300)
     parser.add_argument("--contexts", type=int, default=16, help="contexts per step (K = 2 rollouts each)")
@@ -644,16 +809,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mse_replicates", type=int, default=8)
     parser.add_argument("--grad_replicates", type=int, default=24)
     parser.add_argument("--smoke", action="store_true", help="a tiny budget (tests)")
-    parser.add_argument("--raw_dir", default="benchmarks/results/testbed_table_raw")
-    parser.add_argument("--out", default="benchmarks/results/testbed_table.md")
+    parser.add_argument("--raw_dir", default=None, help="default: the world's (WORLDS)")
+    parser.add_argument("--out", default=None, help="default: the world's (WORLDS)")
     args = parser.parse_args(argv)
+    spec = WORLDS[args.world]
+    args.raw_dir = args.raw_dir or spec["raw_dir"]
+    args.out = args.out or spec["out"]
+    args.rows = list(spec["trained"]) if args.rows is None else args.rows
     if args.smoke:
         args.L, args.seeds, args.max_steps, args.contexts, args.num_test = [2], [0], 2, 3, 4
         args.logging_steps, args.mu_rollouts, args.mse_replicates, args.grad_replicates = 1, 3, 2, 2
         args.rows = ["RLOO", "JS (paper)", "global schedule (no inputs)"]
-    unknown = [r for r in args.rows if r not in TRAINED]
+    unknown = [r for r in args.rows if r not in spec["trained"]]
     if unknown:
-        parser.error(f"--rows {unknown} are not rows; pick from {list(TRAINED)}")
+        parser.error(
+            f"--rows {unknown} are not rows of --world {args.world}; pick from {list(spec['trained'])}"
+        )
     device_name = (
         torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
     )

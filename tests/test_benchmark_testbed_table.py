@@ -59,3 +59,39 @@ def test_smoke_run_writes_raw_results_and_the_report(load_script, tmp_path):
     bench.main(["--part", "report", "--raw_dir", str(raw), "--out", str(out)])
     regenerated = out.read_text()
     assert regenerated.count("keep me") == 1 and regenerated.startswith("# The paper's table on the testbed")
+
+
+def test_sd_world_smoke_run(load_script, tmp_path):
+    """--world sd: the SD-family model's rows (Karras, AYS; every trained row from the uniform init), the gains
+    over the uniform start, the estimators' statistics and the sample-efficiency table."""
+    bench = load_script("benchmarks/testbed_table.py", "testbed_table_sd_under_test")
+    raw, out = tmp_path / "raw", tmp_path / "table.md"
+    bench.main(["--world", "sd", "--part", "runs", "--smoke", "--raw_dir", str(raw), "--out", str(out)])
+    bench.main(["--world", "sd", "--part", "report", "--raw_dir", str(raw), "--out", str(out)])
+    fixed = json.loads((raw / "fixed_L2_s0.json").read_text())
+    assert set(fixed["rewards"]) == set(bench.FIXED_SD) and fixed["world"] == "sd"
+    # SD 1.5's "leading" default starts below t = 1, so it is not the uniform schedule here
+    assert fixed["rewards"]["default"] != fixed["rewards"]["uniform"]
+    assert all(overrides["policy_init"] == "uniform" for overrides in bench.TRAINED_SD.values())
+    js = json.loads((raw / f"{bench.job_name(('trained', 'JS (paper)', 2, 0))}.json").read_text())
+    assert [p[0] for p in js["estimator_curve"]] == [1, 2]
+    step, alpha, sigma2, delta2 = js["estimator_curve"][0]
+    assert 0.0 <= alpha <= 1.0 and sigma2 >= 0.0 and delta2 >= 0.0
+    text = out.read_text()
+    assert text.startswith("# The paper's table on the SD-family testbed")
+    for heading in (
+        "## Gain over the uniform schedule",
+        "## The estimators during training",
+        "## Sample efficiency",
+    ):
+        assert heading in text
+    for row in ("| karras (full range) |", "| AYS (SD 1.5) |", "| JS (paper) |"):
+        assert row in text
+
+
+def test_steps_to_reach_and_smoothing(load_script):
+    bench = load_script("benchmarks/testbed_table.py", "testbed_table_helpers_under_test")
+    assert bench._smooth([0.0, 3.0, 6.0, 0.0]) == [1.5, 3.0, 3.0, 3.0]
+    curve = [(10, 0.0), (20, 3.0), (30, 6.0), (40, 0.0)]
+    assert bench.steps_to_reach(curve, 3.0) == 20  # the smoothed curve: 1.5, 3, 3, 3
+    assert bench.steps_to_reach(curve, 3.5) is None
