@@ -59,8 +59,32 @@ In eval mode with `num_generations_eval=1` TRL's RLOO sets every advantage to 0 
 here each one-row group gets the estimator's cross-context baseline instead (James-Stein: alpha = 1). Eval
 advantages only enter the logged eval loss.
 
-These override TRL internals that are not a public API; `pyproject.toml` pins the TRL minor version, and a
-consistency check raises `RuntimeError` if the captured log-probs stop matching TRL's `old_logps`.
+TRL internals relied on
+-----------------------
+
+None of these is a public TRL API, so `pyproject.toml` pins `trl>=1.16,<1.17`. They are listed once, in code, as
+`TRL_INTERNALS`; `tests/test_trl_internals.py` checks each one against the installed TRL (methods by their
+parameter names, attributes on constructed trainers, output keys on a real call), that this list and the code
+agree, and names the internal that changed. On an upgrade, run that test first.
+
+- Methods of `RLOOTrainer` and `GRPOTrainer`:
+  `_generate_and_score_completions(inputs)` (wrapped: its `"advantages"` output is replaced);
+  `_calculate_rewards(inputs, prompts, completions, completion_ids_list)` (wrapped: it returns the
+  `(N_total, num_reward_funcs)` reward matrix gathered over processes);
+  `_get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size, ...)`
+  (wrapped: with RLOO and `beta != 0`, its first two calls in a scoring step, before the rewards, are the
+  policy's and the reference model's, and element 0 of the result holds the per-token log-probs);
+  `_compute_loss(model, inputs)` (not overridden: it must read `inputs["advantages"]`).
+- Attributes of a constructed trainer: `reward_weights`, `num_generations`, `num_generations_eval`, `beta`,
+  `_metrics` (`_metrics[mode][name]` is a list) and `_logs` (`_logs["advantages"]`, the completions table's
+  advantages); `RLOOTrainer`'s `normalize_advantages` and `reward_clip_range`; `GRPOTrainer`'s `scale_rewards`
+  and `multi_objective_aggregation`.
+- Keys of the dict `_generate_and_score_completions` returns: `advantages`; with RLOO and `beta != 0` also
+  `completion_mask` and `old_logps` (checked against the captured log-probs; a mismatch raises `RuntimeError`).
+- `trl.trainer.utils.nanstd(tensor, dim, keepdim)`, TRL's NaN-aware Bessel-corrected std, to scale as TRL does.
+- Behaviour, pinned by `tests/test_rloo.py` (which reproduces TRL's advantages exactly with its own baselines):
+  contiguous groups of `num_generations` rows in the gathered batch, and each process's rows
+  `[rank * n_local, (rank + 1) * n_local)`.
 """
 
 from __future__ import annotations
@@ -75,12 +99,89 @@ from trl.trainer.utils import nanstd
 
 from .estimators import JamesSteinBaseline, check_estimator_output, shrunk_group_std
 
-__all__ = ["GROUP_SCALES", "JSGRPOTrainer", "JSRLOOTrainer", "contiguous_group_ids"]
+__all__ = [
+    "GROUP_SCALES",
+    "TRL_INTERNALS",
+    "JSGRPOTrainer",
+    "JSRLOOTrainer",
+    "TRLInternal",
+    "contiguous_group_ids",
+]
 
 # `JSGRPOTrainer(group_scale=...)`: how `scale_rewards="group"` scales each group (None: refused).
 GROUP_SCALES = (None, "shrunk")
 
 _TRL_MISMATCH = "the installed TRL does not match the one trl_schedule.rloo overrides (trl>=1.16,<1.17)"
+
+
+@dataclass(frozen=True)
+class TRLInternal:
+    """One private TRL name that this module relies on (module docstring, "TRL internals relied on").
+
+    Args:
+        owners (`tuple[str, ...]`):
+            Where it lives: `"RLOOTrainer"`, `"GRPOTrainer"`, or a module path such as `"trl.trainer.utils"`.
+        name (`str`):
+            The method, attribute, output key or function.
+        kind (`str`):
+            `"method"` (of the owner classes), `"attribute"` (set on a constructed trainer), `"output"` (a key of the
+            dict `_generate_and_score_completions` returns) or `"function"` (of the owner module).
+        params (`tuple[str, ...]`):
+            For methods and functions, the leading parameter names `inspect.signature` must list (`self` left out).
+        when (`str`):
+            When it is needed, if not always (e.g. `"beta != 0"`).
+        use (`str`):
+            What `trl_schedule.rloo` does with it.
+    """
+
+    owners: tuple[str, ...]
+    name: str
+    kind: str
+    params: tuple[str, ...] = ()
+    when: str = ""
+    use: str = ""
+
+
+_BOTH = ("RLOOTrainer", "GRPOTrainer")
+TRL_INTERNALS: tuple[TRLInternal, ...] = (
+    TRLInternal(
+        _BOTH, "_generate_and_score_completions", "method", ("inputs",), use="wrapped; advantages replaced"
+    ),
+    TRLInternal(
+        _BOTH,
+        "_calculate_rewards",
+        "method",
+        ("inputs", "prompts", "completions", "completion_ids_list"),
+        use="wrapped; returns the gathered (N_total, num_reward_funcs) reward matrix, captured",
+    ),
+    TRLInternal(
+        _BOTH,
+        "_get_per_token_logps_and_entropies",
+        "method",
+        ("model", "input_ids", "attention_mask", "logits_to_keep", "batch_size"),
+        when="RLOO, beta != 0",
+        use="wrapped; element 0 of its first two results (policy, reference) captured",
+    ),
+    TRLInternal(_BOTH, "_compute_loss", "method", ("model", "inputs"), use='reads inputs["advantages"]'),
+    TRLInternal(_BOTH, "reward_weights", "attribute", use="weights of the reward sum"),
+    TRLInternal(_BOTH, "num_generations", "attribute", use="group size in train mode"),
+    TRLInternal(_BOTH, "num_generations_eval", "attribute", use="group size in eval mode"),
+    TRLInternal(_BOTH, "beta", "attribute", use="KL coefficient (RLOO: in the reward)"),
+    TRLInternal(_BOTH, "_metrics", "attribute", use="_metrics[mode][name].append(...)"),
+    TRLInternal(_BOTH, "_logs", "attribute", use='_logs["advantages"], the logged advantages, replaced'),
+    TRLInternal(_BOTH, "advantages", "output", use="replaced by the estimator's"),
+    TRLInternal(("RLOOTrainer",), "normalize_advantages", "attribute", use="RLOO's scaling"),
+    TRLInternal(("RLOOTrainer",), "reward_clip_range", "attribute", use="clip before the baseline"),
+    TRLInternal(("RLOOTrainer",), "completion_mask", "output", when="beta != 0", use="sequence KL"),
+    TRLInternal(
+        ("RLOOTrainer",), "old_logps", "output", when="beta != 0", use="checks the captured log-probs"
+    ),
+    TRLInternal(("GRPOTrainer",), "scale_rewards", "attribute", use="GRPO's scaling"),
+    TRLInternal(
+        ("GRPOTrainer",), "multi_objective_aggregation", "attribute", use="must be sum_then_normalize"
+    ),
+    TRLInternal(("trl.trainer.utils",), "nanstd", "function", ("tensor", "dim", "keepdim"), use="TRL's std"),
+)
 
 
 def contiguous_group_ids(
@@ -108,6 +209,16 @@ def contiguous_group_ids(
             "divisible by num_generations."
         )
     return torch.arange(num_rows, device=device) // num_generations
+
+
+def _trl_output(out: dict, key: str) -> Any:
+    """`out[key]` from TRL's `_generate_and_score_completions` output, or a `RuntimeError` naming the key."""
+    if key not in out:
+        raise RuntimeError(
+            f"TRL's _generate_and_score_completions returned no {key!r} (it returned {sorted(out)}): "
+            f"{_TRL_MISMATCH}."
+        )
+    return out[key]
 
 
 @dataclass
@@ -222,7 +333,7 @@ class _BaselineSwapMixin:
         scorable = ~torch.isnan(rewards)
 
         # TRL's slice: this process's completions are rows [rank * n_local, (rank + 1) * n_local).
-        n_local = out["advantages"].size(0)
+        n_local = _trl_output(out, "advantages").size(0)
         rank = self.accelerator.process_index
         out["advantages"] = advantages[rank * n_local : (rank + 1) * n_local]
 
@@ -304,8 +415,8 @@ class JSRLOOTrainer(_BaselineSwapMixin, RLOOTrainer):
                     f"{len(capture.logps)}: {_TRL_MISMATCH}."
                 )
             old_per_token_logps, ref_per_token_logps = capture.logps
-            completion_mask = out["completion_mask"]
-            if not torch.equal((old_per_token_logps * completion_mask).sum(1), out["old_logps"]):
+            completion_mask = _trl_output(out, "completion_mask")
+            if not torch.equal((old_per_token_logps * completion_mask).sum(1), _trl_output(out, "old_logps")):
                 raise RuntimeError(
                     f"The captured policy log-probs differ from TRL's old_logps: {_TRL_MISMATCH}."
                 )
