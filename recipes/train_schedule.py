@@ -11,6 +11,7 @@ and held-out prompts; about 4 minutes on 2 CPU cores; writes `outputs/testbed/su
 
 ```
 python recipes/train_schedule.py
+python recipes/train_schedule.py --testbed sd     # the SD-family testbed model (recipes/configs/testbed_sd.yaml)
 ```
 
 Usage (the paper's Flux-dev + HPSv2 run: 8 GPUs x 2 contexts = 16 contexts per step, K=2, L=5):
@@ -80,6 +81,10 @@ from trl_schedule.testing import TINY_FAMILIES, TINY_IMAGE_SIZE, TINY_T5_FAMILIE
 
 TESTBED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "testbed.yaml")
 """Read when the script runs with neither --model_name_or_path, --tiny nor --config: the embedded default."""
+TESTBED_SD_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "testbed_sd.yaml")
+"""Read for `--testbed sd` with neither --model_name_or_path, --tiny nor --config."""
+TESTBEDS = {"flow": TESTBED_CONFIG, "sd": TESTBED_SD_CONFIG}
+"""The embedded models `--testbed` picks (the rectified-flow one, the SD-family one) and their configs."""
 TINY_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "tiny.yaml")
 """Read for --tiny without --config."""
 PROMPT_SETS = ("hpdv2", "geneval")
@@ -124,6 +129,10 @@ class ScheduleScriptArguments:
             One weight per reward (default: all 1).
         reward_kwargs (`str` or `dict`, *optional*):
             Constructor arguments per reward name, a JSON object (e.g. `dtype`, `device`, `scale`).
+        testbed (`str`, *optional*, defaults to `"flow"`):
+            The embedded model when no pipeline is given: `flow` (the rectified-flow testbed model) or `sd` (the
+            SD-family epsilon-prediction one, SD 1.5's Euler scheduler). Each has its config in
+            `recipes/configs/` (`testbed.yaml`, `testbed_sd.yaml`), read unless `--config` is given.
         tiny (`bool`, *optional*, defaults to `False`):
             Build a tiny random pipeline of `tiny_family` and a tiny policy in code instead of loading
             `model_name_or_path` (smoke runs and CI; 32x32 px unless `--height`/`--width` say otherwise).
@@ -183,6 +192,14 @@ class ScheduleScriptArguments:
             "help": 'Constructor arguments per reward name, JSON: \'{"hpsv2": {"dtype": "bfloat16"}}\'.'
         },
     )
+    testbed: str = field(
+        default="flow",
+        metadata={
+            "help": "The embedded model (no pipeline given): flow (rectified flow, recipes/configs/testbed.yaml) "
+            "or sd (SD-family epsilon prediction, recipes/configs/testbed_sd.yaml).",
+            "choices": list(TESTBEDS),
+        },
+    )
     tiny: bool = field(
         default=False,
         metadata={"help": "Use a tiny random pipeline and policy built in code (smoke runs, CI)."},
@@ -197,6 +214,13 @@ class ScheduleScriptArguments:
         return self.model_name_or_path is None and not self.tiny
 
     def __post_init__(self):
+        if self.testbed not in TESTBEDS:
+            raise ValueError(f"--testbed {self.testbed!r} is not one of {list(TESTBEDS)}.")
+        if self.testbed != "flow" and not self.embedded:
+            raise ValueError(
+                f"--testbed {self.testbed} picks the embedded model, but --model_name_or_path or --tiny gives "
+                "another pipeline; drop one of them."
+            )
         if self.reward is not None:
             if self.reward_funcs is not None:
                 raise ValueError("Pass --reward_funcs, not also the deprecated --reward.")
@@ -368,9 +392,10 @@ def load_pipeline(script_args: ScheduleScriptArguments, training_args: ScheduleR
         kwargs = {"guidance_embeds": True} if script_args.tiny_family == "flux" else {}
         pipe = tiny_pipeline(script_args.tiny_family, seed=seed, **kwargs)
     elif script_args.embedded:
-        from trl_schedule.testbed import load_testbed_pipeline
+        from trl_schedule.testbed import load_testbed_pipeline, load_testbed_sd_pipeline
 
-        pipe = load_testbed_pipeline(dtype=getattr(torch, training_args.torch_dtype))
+        load = load_testbed_sd_pipeline if script_args.testbed == "sd" else load_testbed_pipeline
+        pipe = load(dtype=getattr(torch, training_args.torch_dtype))
         pipe.set_progress_bar_config(disable=True)
     elif script_args.lora_path is None:
         return script_args.model_name_or_path
@@ -531,6 +556,17 @@ def make_parser() -> TrlParser:
     return parser
 
 
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The value of `flag` in `argv` (`--flag value` or `--flag=value`; the last one wins), or None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
 def _resume_argument(value: str | bool | None) -> str | bool | None:
     """`--resume_from_checkpoint true` arrives as a string: True means the newest complete checkpoint."""
     if isinstance(value, str) and value.lower() in ("true", "yes", "1"):
@@ -548,7 +584,10 @@ def main(argv: list[str] | None = None) -> ScheduleRLTrainer:
     if "--config" not in flags and "--tiny" in flags:
         argv = ["--config", TINY_CONFIG, *argv]  # the quick tiny run (command-line flags still win)
     elif not flags & {"--model_name_or_path", "--tiny", "--config"}:
-        argv = ["--config", TESTBED_CONFIG, *argv]  # the embedded default (command-line flags still win)
+        testbed = (
+            _flag_value(argv, "--testbed") or "flow"
+        )  # the embedded default (command-line flags still win)
+        argv = ["--config", TESTBEDS.get(testbed, TESTBED_CONFIG), *argv]  # an unknown name: the parser says
     start = time.perf_counter()
     script_args, training_args = make_parser().parse_args_and_config(args=argv)
     if script_args.tiny:  # tiny pipelines are meant for 32x32 px and short T5 sequences

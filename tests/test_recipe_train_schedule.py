@@ -357,6 +357,24 @@ def test_embedded_default_main_job(recipe, tmp_path, monkeypatch):
     assert namespace["images"].shape == (1, 3, 32, 32)
 
 
+def test_testbed_sd_flag_runs_the_sd_family_world(recipe, tmp_path, monkeypatch):
+    """`--testbed sd`: the SD-family model with recipes/configs/testbed_sd.yaml (uniform init, L = 3); its card
+    loads that model."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    argv = ["--testbed", "sd", "--max_steps", "1", "--num_eval_prompts", "4", "--log_images_steps", "0"]
+    trainer = recipe.main([*argv, "--output_dir", str(out)])
+    assert trainer.sampler.family == "testbed-sd" and trainer.args.num_steps == 3
+    assert trainer.model.config.init == "uniform"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reward_default"] != pytest.approx(summary["reward_uniform"])  # leading spacing: t_0 < 1
+    assert "load_testbed_sd_pipeline()" in (out / "README.md").read_text()
+    assert recipe._flag_value(["--testbed=sd", "--x", "1"], "--testbed") == "sd"
+    assert recipe._flag_value(["--testbed", "flow", "--testbed", "sd"], "--testbed") == "sd"
+    with pytest.raises(ValueError, match="--testbed sd picks the embedded model"):
+        recipe.ScheduleScriptArguments(testbed="sd", tiny=True)
+
+
 @pytest.mark.slow
 def test_tiny_run_is_quiet_and_writes_under_outputs(tmp_path):
     """`python recipes/train_schedule.py --tiny` (here 2 steps): under 100 lines, no truncation notice about
