@@ -40,7 +40,8 @@ variance with Smyth's empirical-Bayes weights, derived in its docstring). A zero
 the pooled std, never by 1e-4. Simulated (2000 batches of 16 prompts, K = 2, 4, 8 Bernoulli(p_c) rewards per
 prompt, p_c ~ U(0, 1), `torch.manual_seed(0)`; 66%, 40%, 23% of the groups tied) the largest scaled James-Stein
 advantage in a batch averaged 1.6, 1.9, 2.3, against 1.5, 1.7, 1.8 with `scale_rewards="batch"` and 3.9e3,
-2.4e3, 1.2e3 with TRL's raw group std. The scaling is logged as
+2.4e3, 1.2e3 with TRL's raw group std (`python benchmarks/group_scale.py`, `benchmarks/results/group_scale.md`,
+which also has the rms error of each std against the true one). The scaling is logged as
 `group_scale/shrinkage` (the mean weight on the pooled variance over scorable rows; 1 = one batch-wide scale).
 
 Refused with a `ValueError` at construction:
