@@ -3,12 +3,19 @@ the tiny Llama and the shipped weights. Offline, a few seconds."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from trl_schedule.llm_testbed import (
     CHARACTERS,
     LEVELS,
     MODEL_MAX_LENGTH,
     SPECIAL_TOKENS,
+    WEIGHTS_DIR,
     Problem,
     build_llm_testbed,
     build_llm_testbed_tokenizer,
@@ -21,6 +28,10 @@ from trl_schedule.llm_testbed import (
     sample_problems,
     split_of,
 )
+
+# Measured on the shipped weights (benchmarks/results/llm_testbed_base.md, greedy, held-out): d = 1 and d = 2.
+EASY_LEVELS = (1, 2)
+EASY_ACCURACY_FLOOR = 0.8
 
 
 def _pairs(problems) -> set[tuple[int, int]]:
@@ -163,3 +174,96 @@ def test_build_model_sizes_and_errors(tmp_path):
         build_llm_testbed(size="tiny", layers=2)
     with pytest.raises(ValueError, match=r"No testbed model at .*train_base.py"):
         load_llm_testbed(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the shipped weights
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_llm_testbed()
+
+
+def test_shipped_folder_loads_with_auto_classes_fp16_under_5m():
+    names = {f.name for f in WEIGHTS_DIR.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= names
+    assert sum(f.stat().st_size for f in WEIGHTS_DIR.iterdir()) < 10e6
+    with safe_open(WEIGHTS_DIR / "model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    model = AutoModelForCausalLM.from_pretrained(WEIGHTS_DIR)
+    tok = AutoTokenizer.from_pretrained(WEIGHTS_DIR)
+    assert model.dtype == torch.float16 and sum(p.numel() for p in model.parameters()) < 5_000_000
+    assert (
+        tok.padding_side == "left"
+        and tok("12+34=").input_ids == build_llm_testbed_tokenizer()("12+34=").input_ids
+    )
+    assert (
+        json.loads((WEIGHTS_DIR / "generation_config.json").read_text())["eos_token_id"] == tok.eos_token_id
+    )
+
+
+def test_shipped_model_generates_left_padded_batches_like_single_prompts(shipped):
+    model, tok = shipped
+    prompts = ["3+4=", "57+68=", "12345+67890="]
+    batch = tok(prompts, padding=True, return_tensors="pt")
+    out = model.generate(**batch, max_new_tokens=8, do_sample=False)
+    batched = tok.batch_decode(out[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
+    for prompt, text in zip(prompts, batched):
+        single = tok(prompt, return_tensors="pt")
+        ids = model.generate(**single, max_new_tokens=8, do_sample=False)
+        assert tok.decode(ids[0, single.input_ids.shape[1] :], skip_special_tokens=True) == text
+        assert parse_answer(text) is not None
+
+
+def test_shipped_model_solves_easy_held_out_problems(shipped):
+    model, tok = shipped
+    test = make_dataset(100, "test", seed=7, levels=EASY_LEVELS)
+    batch = tok(list(test["prompt"]), padding=True, return_tensors="pt")
+    out = model.generate(**batch, max_new_tokens=8, do_sample=False)
+    completions = tok.batch_decode(out[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
+    accuracy = sum(exact_match_reward(completions=completions, answer=test["answer"])) / len(completions)
+    assert accuracy >= EASY_ACCURACY_FLOOR
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the training script
+
+
+def test_train_base_quick_run_writes_weights_and_report(load_script, tmp_path):
+    script = load_script("benchmarks/llm_testbed/train_base.py", "llm_testbed_train_base")
+    result = script.main(["--quick", "--out", str(tmp_path / "w"), "--report", str(tmp_path / "r.md")])
+    report = (tmp_path / "r.md").read_text()
+    assert "pass@8" in report and "unparsable" in report and result["stats"]["steps"] == 6
+    model, _ = load_llm_testbed(tmp_path / "w")
+    assert sum(p.numel() for p in model.parameters()) == result["stats"]["num_params"]
+    assert script.pass_at_k(8, 2, 1) == pytest.approx(0.25) and script.pass_at_k(8, 7, 2) == 1.0
+    assert script.pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"--samples=4: pass >= 8"):
+        script.parse_args(["--samples", "4"])
+    with pytest.raises(ValueError, match=r"--minutes=0.0"):
+        script.parse_args(["--minutes", "0"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# held-out evaluation
+
+
+def test_held_out_accuracy_matches_a_per_problem_loop_and_checks_its_inputs(shipped):
+    from trl_schedule.llm_testbed.evaluate import generate_completions, held_out_accuracy
+
+    model, tok = shipped
+    test = make_dataset(18, "test", seed=3)
+    result = held_out_accuracy(model, tok, test, batch_size=5)  # batches of unequal prompt lengths
+    singles = [generate_completions(model, tok, [p])[0] for p in test["prompt"]]
+    scores = exact_match_reward(completions=singles, answer=test["answer"])
+    assert result["accuracy"] == pytest.approx(sum(scores) / 18) and result["num_problems"] == 18
+    for d, accuracy in result["by_difficulty"].items():
+        mine = [s for s, x in zip(scores, test["difficulty"]) if x == d]
+        assert accuracy == pytest.approx(sum(mine) / len(mine))
+    with pytest.raises(ValueError, match=r"lacks columns \['answer', 'difficulty'\]"):
+        held_out_accuracy(model, tok, test.select_columns(["prompt"]))
+    right = build_llm_testbed_tokenizer()
+    right.padding_side = "right"
+    with pytest.raises(ValueError, match="padding_side is 'right'"):
+        generate_completions(model, right, ["1+2="])
