@@ -97,3 +97,32 @@ def test_recipe_trains_and_saves(tmp_path):
     assert any(not torch.equal(trained[k], initial[k]) for k in initial), (
         "training did not change the weights"
     )
+
+
+def test_embedded_default_flags_and_errors(load_script):
+    recipe = load_script("recipes/rloo_js_llm.py", "rloo_js_llm")
+    from trl_schedule.llm_testbed import exact_match_reward
+
+    assert recipe.make_reward("exact_match") is exact_match_reward
+    with pytest.raises(ValueError, match="--num_test_problems must be >= 1, got 0"):
+        recipe.JSRLOOScriptArguments(num_test_problems=0)
+    with pytest.raises(ValueError, match="--model_name_or_path is required with --dataset_name"):
+        recipe.main(["--config", recipe.EMBEDDED_CONFIG, "--dataset_name", "prompts.json"])
+    with pytest.raises(ValueError, match="--compare_rloo runs only on the embedded default"):
+        recipe.main(["--model_name_or_path", "m", "--dataset_name", "d.json", "--compare_rloo", "--use_cpu"])
+
+
+@pytest.mark.slow
+def test_embedded_default_scores_before_and_after_and_compares_rloo(load_script, tmp_path):
+    recipe = load_script("recipes/rloo_js_llm.py", "rloo_js_llm")
+    out = tmp_path / "out"
+    argv = ["--max_steps", "2", "--num_train_problems", "64", "--num_test_problems", "12", "--compare_rloo",
+            "--output_dir", str(out)]  # fmt: skip
+    recipe.main(argv)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["command"] == ["python", "recipes/rloo_js_llm.py", *argv]
+    assert summary["baseline"] == "james_stein" and summary["processes"] == 1
+    for result in (summary["before"], summary["after"], summary["rloo"]["after"]):
+        assert result["num_problems"] == 12 and 0.0 <= result["accuracy"] <= 1.0
+        assert sorted(result["by_difficulty"]) == ["1", "2", "3", "4", "5", "6"]
+    assert (out / "model.safetensors").is_file() and (out / "rloo" / "model.safetensors").is_file()
