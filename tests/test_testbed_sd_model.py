@@ -27,6 +27,10 @@ from trl_schedule.testbed.sd_model import (
 PROMPTS = ["a photo of a red circle", "a photo of a blue square left of a green triangle"]
 GUIDANCE = 3.0
 ATOL = 1e-5
+# Rows batched together against rows run alone: float32 convolution kernels differ with the batch size. On an AMD
+# EPYC without AVX-512 they differ by up to 8e-5 on latents of magnitude ~50 (1.6e-6 relative); in float64 the
+# rows agree to 4e-15 (test_sampler_sd.py::test_per_row_schedules_are_exact_in_float64).
+BATCH_ATOL = 2e-4
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +133,7 @@ def test_shared_schedules_equal_the_pipeline_with_their_sigmas(pipe, sampler, x_
         torch.testing.assert_close(torch.tensor(sigmas), sdxl_sigmas(times, sampler.scheduler).float())
         ours = sampler.denoise(x_T, cond, times.float())
         reference = pipe(PROMPTS, sigmas=sigmas, latents=x_T, guidance_scale=GUIDANCE, output_type="latent")
-        torch.testing.assert_close(ours, reference.images, atol=ATOL, rtol=0)
+        torch.testing.assert_close(ours, reference.images, atol=BATCH_ATOL, rtol=0)
 
 
 def test_rows_with_different_schedules_equal_rows_run_alone(sampler, x_T):
@@ -145,7 +149,7 @@ def test_rows_with_different_schedules_equal_rows_run_alone(sampler, x_T):
     assert rows == [4, 4, 4]
     for row in range(2):
         alone = sampler.denoise(x_T[row : row + 1], cond.index(slice(row, row + 1)), times[row : row + 1])
-        torch.testing.assert_close(together[row : row + 1], alone, atol=ATOL, rtol=0)
+        torch.testing.assert_close(together[row : row + 1], alone, atol=BATCH_ATOL, rtol=0)
     assert (together[0] - together[1]).abs().max() > 1e-3
     rows, handle = _count_unet_rows(sampler)
     try:
