@@ -104,8 +104,10 @@ def test_render_in_chunks_equals_one_batch(sampler):
     timer = PhaseTimer(torch.device("cpu"))
     chunked = render(sampler, contexts.x_T, contexts.cond, times, PROMPTS, rewards, chunk_size=2, keep_images=2,
                      timer=timer)  # fmt: skip
-    torch.testing.assert_close(chunked.rewards, whole.rewards, atol=1e-6, rtol=0)
-    torch.testing.assert_close(chunked.images, whole.images[:2], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        chunked.rewards, whole.rewards, atol=1e-5, rtol=0
+    )  # float32 kernels differ with the batch size (1.5e-6 seen)
+    torch.testing.assert_close(chunked.images, whole.images[:2], atol=1e-5, rtol=0)
     assert whole.rewards_per_func.shape == (3, 1) and set(timer.seconds) == {"sampling", "decode", "reward"}
     unscored = render(sampler, contexts.x_T, contexts.cond, times)
     assert unscored.rewards is None and unscored.images.shape == (3, 3, 32, 32)
