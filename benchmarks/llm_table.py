@@ -145,6 +145,7 @@ def run_job(job: tuple[str, int, int], opts: dict[str, Any]) -> dict[str, Any]:
     stats = ["reward", "baseline/alpha", "baseline/sigma2", "baseline/delta2", "group_scale/shrinkage"]
     result = {
         "row": row, "K": k, "seed": seed, "prompts_per_step": opts["generations"] // k,
+        "generations": opts["generations"], "max_steps": opts["max_steps"], "lr": opts["lr"],
         "accuracy": accuracy, "log": [{"step": e["step"], **{s: e[s] for s in stats if s in e}} for e in history],
         "seconds": time.perf_counter() - start, "device": opts["device_name"],
     }  # fmt: skip
@@ -269,29 +270,40 @@ def _thirds(log: list[dict[str, Any]], key: str) -> tuple[float, float] | None:
     return statistics.fmean(values[:third]), statistics.fmean(values[-third:])
 
 
+def _budget(runs: dict[tuple[str, int, int], dict[str, Any]], key: str) -> str:
+    """The runs' value of a budget field (as each job recorded it); refuses runs of different budgets."""
+    values = {run.get(key) for run in runs.values()}
+    if None in values:
+        raise ValueError(f"a run in the raw directory does not record its {key!r}; rerun it with --part runs")
+    if len(values) > 1:
+        raise ValueError(f"the runs in the raw directory differ in {key!r} ({sorted(values)}): one table needs one "
+                         "budget. Use a separate --raw_dir per budget.")  # fmt: skip
+    return f"{values.pop():g}"
+
+
 def part_report(opts: dict[str, Any]) -> None:
     raw, out = Path(opts["raw_dir"]), Path(opts["out"])
     runs = load_runs(raw)
-    n_seeds = len(opts["seeds"])
+    n_seeds = len({seed for _, _, seed in runs})
     ks = sorted({k for _, k, _ in runs})
     rows = [r for r in ROWS if any(key[0] == r for key in runs)]
     final = {key: r["accuracy"][-1]["accuracy"] for key, r in runs.items()}
     commands = [json.loads(line) for line in (raw / "runs_commands.jsonl").read_text().splitlines()] if (
         raw / "runs_commands.jsonl").exists() else []  # fmt: skip
     base = next(iter(runs.values()))["accuracy"][0] if runs else None
-    any_run = next(iter(runs.values()), {})
     lines = ["# James-Stein for LLM RL on the embedded LLM world", "",
              "Produced by `benchmarks/llm_table.py` (its docstring has the protocol). Commands, in order:", ""]  # fmt: skip
     lines += [f"- `{c['command']}` ({c['date']}, {c['jobs']} jobs; {c['device']})" for c in commands]
     lines += ["- `python " + shlex.join(["benchmarks/llm_table.py", "--part", "report",
               *(["--raw_dir", opts["raw_dir"], "--out", opts["out"]] if opts["smoke"] else [])]) + "`", ""]  # fmt: skip
     if base is not None:
-        per_k = ", ".join(f"K = {k}: {opts['generations'] // k} prompts" for k in ks)
+        prompts = {key[1]: run["prompts_per_step"] for key, run in runs.items()}
+        per_k = ", ".join(f"K = {k}: {prompts[k]} prompts" for k in ks)
         lines += [f"The base model's held-out greedy accuracy (step 0, the same for every row): "
                   f"**{base['accuracy']:.3f}** on {base['num_problems']} problems (per d: "
                   + ", ".join(f"{d}: {a:.2f}" for d, a in base["by_difficulty"].items()) + ").",
-                  f"Every row: {opts['generations']} generations per step ({per_k}), "
-                  f"{any_run.get('log', [{}])[-1].get('step', '?')} steps, lr {opts['lr']:g} (constant), temperature 1.0, "
+                  f"Every row: {_budget(runs, 'generations')} generations per step ({per_k}), "
+                  f"{_budget(runs, 'max_steps')} steps, lr {_budget(runs, 'lr')} (constant), temperature 1.0, "
                   f"beta 0; {n_seeds} seed(s).", ""]  # fmt: skip
     lines += ["## Held-out greedy accuracy after training (mean ± std over seeds)", "",
               "Paired gain: the row minus TRL RLOO on the same seed and K (same prompts and sampling seed).", "",
@@ -392,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--generations", type=int, default=32, help="completions per step (prompts x K)")
     parser.add_argument("--max_steps", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--lr", type=float, default=1e-5, help="constant (5e-5 loses d = 3)")
     parser.add_argument("--logging_steps", type=int, default=5)
     parser.add_argument("--evals", type=int, default=5, help="held-out evaluations over training")
     parser.add_argument("--num_test", type=int, default=600)

@@ -85,3 +85,31 @@ def test_sequence_log_probs_match_a_per_completion_loop(table):
         start = len(tokenizer(prompt).input_ids)
         want = sum(logp[start - 1 + t, tok] for t, tok in enumerate(row))
         torch.testing.assert_close(got[i], want, atol=1e-4, rtol=1e-4)
+
+
+def _fake_run(raw, table, row, k, seed, lr):
+    """A raw job file in the layout `run_job` writes (values made up; only the report reads them)."""
+    base = {"step": 0, "generations": 0, "accuracy": 0.5, "num_problems": 4, "by_difficulty": {"1": 0.5}}
+    result = {
+        "row": row, "K": k, "seed": seed, "prompts_per_step": 8 // k, "generations": 8, "max_steps": 4, "lr": lr,
+        "accuracy": [base, {**base, "step": 4, "generations": 32, "accuracy": 0.5 + 0.1 * seed}],
+        "log": [{"step": s, "reward": 0.5} for s in (1, 2, 3, 4)], "seconds": 1.0, "device": "test",
+    }  # fmt: skip
+    (raw / f"{table.job_name(row, k, seed)}.json").write_text(json.dumps(result))
+
+
+def test_report_states_the_budget_the_runs_recorded_not_the_flags(table, tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "table.md"
+    raw.mkdir()
+    for seed in (0, 1):
+        _fake_run(raw, table, "TRL RLOO", 2, seed, lr=3e-6)
+    # flags that are not what the runs used: the report must not quote them
+    flags = ["--lr", "1e-3", "--seeds", "0", "1", "2"]
+    table.main(["--part", "report", "--raw_dir", str(raw), "--out", str(out), *flags])
+    report = out.read_text()
+    assert "8 generations per step (K = 2: 4 prompts), 4 steps, lr 3e-06 (constant)" in report
+    assert "2 seed(s)" in report
+
+    _fake_run(raw, table, "TRL RLOO", 2, 2, lr=1e-5)  # a third seed run at another learning rate
+    with pytest.raises(ValueError, match=r"differ in 'lr' \(\[3e-06, 1e-05\]\)"):
+        table.main(["--part", "report", "--raw_dir", str(raw), "--out", str(out)])
