@@ -24,12 +24,13 @@ process with 2B contexts (the Trainer's data sharding gives process p the p-th b
 TRL and transformers internals this file relies on (check them on an upgrade; TRL is pinned to 1.16.x):
 
 - `trl.trainer.base_trainer._BaseTrainer` (private): the base class, for TRL's model card metadata
-  (`_tag_names`, `_paper`) and telemetry (`_send_telemetry` reads `model.config.model_type`, hence a
-  `PreTrainedModel` policy).
+  (`_name`, its trainer name and here also the default output directory; `_tag_names`, `_paper`) and telemetry
+  (`_send_telemetry` reads `model.config.model_type`, hence a `PreTrainedModel` policy).
 - `transformers.Trainer._prepare_inputs`: overridden to generate the rollouts of a micro-batch (the batch is the
   list of dataset rows, `data_collator` is the identity); `compute_loss` and `training_step` receive its dict.
-- `Trainer._get_train_sampler` (the data order), `_set_signature_columns_if_needed` (keep the prompt column),
-  `floating_point_ops` (no token count), `log` (our per-step metrics are averaged into each log line).
+- `Trainer._get_train_sampler` (the data order), `_set_signature_columns_if_needed` and the `_signature_columns`
+  attribute it fills (keep the prompt column), `floating_point_ops` (no token count), `_get_learning_rate` (the
+  logged learning rate), `log` (our per-step metrics are averaged into each log line).
 - `Trainer._maybe_log_save_evaluate` (its `grad_norm` argument): the step's health check runs first, so a
   non-finite step is never logged as `loss 0.0` or checkpointed; `Trainer._save_checkpoint` and
   `Trainer._get_output_dir`: checkpoints are written into a staging folder and renamed when complete
