@@ -592,6 +592,10 @@ def estimator_sections(estimator_curves, curves, levels, trained) -> list[str]:
     return lines
 
 
+BUDGET = ("max_steps", "contexts", "lr", "num_test", "logging_steps")
+"""The options that define a trained row's budget and the held-out set: one table, one value of each."""
+
+
 def part_report(opts: dict[str, Any]) -> None:
     raw = Path(opts["raw_dir"])
     spec = WORLDS[opts["world"]]
@@ -628,6 +632,12 @@ def part_report(opts: dict[str, Any]) -> None:
         )
     if invocations:
         o = invocations[-1]["opts"]
+        for key in BUDGET:  # the header states one budget: every invocation must have run with it
+            if len(values := {str(record["opts"][key]) for record in invocations}) > 1:
+                raise ValueError(
+                    f"the runs in {raw} were made with different --{key} ({', '.join(sorted(values))}): one table "
+                    "needs one budget. Use a separate --raw_dir per budget."
+                )
         lines.append(
             f"- budget per trained row: {o['max_steps']} steps x {o['contexts']} contexts x K = 2 rollouts "
             f"({o['max_steps'] * o['contexts'] * 2} rollouts), learning rate {o['lr']}, policy_init "

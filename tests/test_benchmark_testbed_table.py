@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "testbed_table.py"
 
 
@@ -95,3 +97,19 @@ def test_steps_to_reach_and_smoothing(load_script):
     curve = [(10, 0.0), (20, 3.0), (30, 6.0), (40, 0.0)]
     assert bench.steps_to_reach(curve, 3.0) == 20  # the smoothed curve: 1.5, 3, 3, 3
     assert bench.steps_to_reach(curve, 3.5) is None
+
+
+def test_report_refuses_runs_of_different_budgets(load_script, tmp_path):
+    """The report's header states one budget: a raw directory filled by runs of two learning rates is refused,
+    naming the option, rather than reported under the last run's."""
+    bench = load_script("benchmarks/testbed_table.py", "testbed_table_under_test")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    budget = dict(max_steps=300, contexts=16, lr=0.003, num_test=512, logging_steps=10)
+    records = [
+        {"command": "a", "device": "cpu", "jobs": 1, "date": "d", "opts": budget},
+        {"command": "b", "device": "cpu", "jobs": 1, "date": "d", "opts": {**budget, "lr": 0.03}},
+    ]
+    (raw / "runs_commands.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(ValueError, match=r"different --lr \(0.003, 0.03\)"):
+        bench.main(["--part", "report", "--raw_dir", str(raw), "--out", str(tmp_path / "table.md")])
