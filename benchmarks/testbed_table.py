@@ -784,7 +784,11 @@ def plot_curves(curves, levels, path: Path) -> None:
         axes[1][j].set_xlabel("step")
     axes[0][0].set_ylabel("training reward (mean of seeds)")
     axes[1][0].set_ylabel("minus RLOO's, same steps")
-    axes[0][-1].legend(fontsize=7)
+    handles = {}  # one entry per row that ran at any L (a row may be missing from the last panel)
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[0][-1].legend(handles.values(), handles.keys(), fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
