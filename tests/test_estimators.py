@@ -772,6 +772,9 @@ def _relative_bound(groups: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 @given(data=st.data(), scale=st.floats(1e-3, 1e3), shift=st.floats(-10, 10))
 def test_shrunk_group_std_properties(data, scale, shift):
     rewards, groups = _batch(data, min_groups=1)
+    # On a 2^-20 grid: a shift of up to 10 must not absorb reward differences (1 + 3e-52 == 1 would turn a
+    # group with spread into a tied one, which no float code can be invariant to).
+    rewards = torch.round(rewards * 2**20) / 2**20
     rewards[torch.rand(rewards.shape, generator=torch.Generator().manual_seed(len(rewards))) < 0.2] = NAN
     out = E.shrunk_group_std(rewards, groups)
     valid = ~torch.isnan(rewards)
@@ -871,3 +874,16 @@ def test_shrunk_group_std_cuda_matches_cpu():
     r = torch.randint(0, 2, (64,)).float()
     g = torch.randint(0, 9, (64,))
     torch.testing.assert_close(E.shrunk_group_std(r.cuda(), g.cuda()).std.cpu(), E.shrunk_group_std(r, g).std)
+
+
+def test_tied_groups_have_exactly_zero_spread_whatever_the_shift():
+    """Hypothesis found it: a tied group's rounded mean (3 x 5.71 / 3 != 5.71) left a sum of squared deviations
+    of ~1e-31, so the shrunk group std took its "sigma2 > 0" branch for shifted rewards only (std ~1e-16
+    instead of the batch std: a JS advantage of a tied group divided by ~1e-4)."""
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    groups = torch.tensor([0, 1, 2, 2, 2])
+    shift = 5.714887996291109
+    assert E.group_statistics(rewards + shift, groups).sum_sq_dev.tolist() == [0.0, 0.0, 0.0]
+    torch.testing.assert_close(
+        E.shrunk_group_std(rewards + shift, groups).std, E.shrunk_group_std(rewards, groups).std
+    )

@@ -245,6 +245,15 @@ def group_statistics(rewards: torch.Tensor, group_ids: torch.Tensor) -> GroupSta
     mean = total / count.clamp_min(1)
     dev = torch.where(valid, r - mean[inverse], 0.0)
     sum_sq_dev = zeros.index_add(0, inverse, dev * dev)
+    # A group of tied rewards has no spread, but its mean is rounded (3 x 5.71 / 3 != 5.71), which leaves a
+    # sum_sq_dev of ~1e-31 that is not shift-invariant: anything that asks "sigma2 > 0" would see a spread.
+    top = torch.full_like(zeros, -torch.inf).scatter_reduce(
+        0, inverse, torch.where(valid, r, -torch.inf), "amax"
+    )
+    bottom = torch.full_like(zeros, torch.inf).scatter_reduce(
+        0, inverse, torch.where(valid, r, torch.inf), "amin"
+    )
+    sum_sq_dev = torch.where(top == bottom, 0.0, sum_sq_dev)
     return GroupStatistics(r, valid, inverse, count, total, mean, sum_sq_dev)
 
 
