@@ -664,7 +664,8 @@ def part_report(opts: dict[str, Any]) -> None:
         cells = (_mean_std(cell(row, n, paired=True), len(seeds)) for n in levels)
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     if spec["init"] != "default":  # the trained rows start elsewhere: their gain over where they started
-        lines += ["", f"## Gain over the {spec['init']} schedule (where every trained row starts), paired", "",
+        lines += ["", f"## Gain over the fixed {spec['init']} schedule, paired (the trained rows' init '{spec['init']}' is L + 1 equal "
+                  "Dirichlet intervals: its mean schedule stops at t = 1/(L+1), below this row until trained)", "",
                   header, sep]  # fmt: skip
         for row in rows:
             if row == spec["init"]:
