@@ -82,7 +82,7 @@ def test_sd_world_smoke_run(load_script, tmp_path):
     text = out.read_text()
     assert text.startswith("# The paper's table on the SD-family testbed")
     for heading in (
-        "## Gain over the uniform schedule",
+        "## Gain over the fixed uniform schedule",
         "## The estimators during training",
         "## Sample efficiency",
     ):
