@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import torch
+from _distributed import end_distributed_run
 from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -162,8 +163,7 @@ def main() -> None:
     rank = trainer.accelerator.process_index
     result = {"rank": rank, "world_size": trainer.accelerator.num_processes, "records": records}
     (Path(cli.out) / f"rank{rank}.json").write_text(json.dumps(result))
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
+    end_distributed_run(trainer)
 
 
 if __name__ == "__main__":

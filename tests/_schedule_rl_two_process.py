@@ -19,6 +19,7 @@ import zlib
 from pathlib import Path
 
 import torch
+from _distributed import end_distributed_run
 from datasets import Dataset
 from transformers import TrainerCallback
 
@@ -177,8 +178,7 @@ def main() -> None:
             "params": {k: v.tolist() for k, v in policy.state_dict().items()},
         }
         (out / f"rank{rank}.json").write_text(json.dumps(result))
-        trainer.accelerator.wait_for_everyone()
-        trainer.accelerator.end_training()
+        end_distributed_run(trainer)
     else:
         trainer = ScheduleRLTrainer(
             pipeline=tiny_pipeline("flux"),

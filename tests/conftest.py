@@ -1,8 +1,8 @@
 """Shared setup of the test suite: offline, CPU, tiny models built in code.
 
 pytest puts this folder on `sys.path` (rootdir-relative "prepend" imports), so the helper modules next to the
-tests (`_schedule_rl_two_process.py`, `_rloo_two_process.py`) import by name; scripts that are not packages
-(recipes, benchmarks) load with the `load_script` fixture.
+tests (`_schedule_rl_two_process.py`, `_rloo_two_process.py`, `_distributed.py`) import by name; scripts that
+are not packages (recipes, benchmarks) load with the `load_script` fixture.
 """
 
 from __future__ import annotations
