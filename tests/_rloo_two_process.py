@@ -163,7 +163,8 @@ def main() -> None:
     rank = trainer.accelerator.process_index
     result = {"rank": rank, "world_size": trainer.accelerator.num_processes, "records": records}
     (Path(cli.out) / f"rank{rank}.json").write_text(json.dumps(result))
-    end_distributed_run(trainer)
+    live_ddp = end_distributed_run(trainer)
+    (Path(cli.out) / f"teardown{rank}.json").write_text(json.dumps({"live_ddp_modules": live_ddp}))
 
 
 if __name__ == "__main__":

@@ -178,7 +178,8 @@ def main() -> None:
             "params": {k: v.tolist() for k, v in policy.state_dict().items()},
         }
         (out / f"rank{rank}.json").write_text(json.dumps(result))
-        end_distributed_run(trainer)
+        live_ddp = end_distributed_run(trainer)
+        (out / f"teardown{rank}.json").write_text(json.dumps({"live_ddp_modules": live_ddp}))
     else:
         trainer = ScheduleRLTrainer(
             pipeline=tiny_pipeline("flux"),

@@ -685,6 +685,11 @@ def test_two_processes_share_the_gathered_batch(model_dir, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # Each rank released its DDP module before destroying the process group (tests/_distributed.py).
+    assert [json.loads((tmp_path / f"teardown{r}.json").read_text())["live_ddp_modules"] for r in (0, 1)] == [
+        0,
+        0,
+    ]
     assert [r["world_size"] for r in ranks] == [2, 2] and [r["rank"] for r in ranks] == [0, 1]
     assert len(ranks[0]["records"]) == len(ranks[1]["records"]) == 2
     for rec0, rec1 in zip(ranks[0]["records"], ranks[1]["records"]):

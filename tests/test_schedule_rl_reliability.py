@@ -182,6 +182,11 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path):
     proc = subprocess.run(cmd, env=_subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # Each rank released its DDP module before destroying the process group (tests/_distributed.py).
+    assert [json.loads((tmp_path / f"teardown{r}.json").read_text())["live_ddp_modules"] for r in (0, 1)] == [
+        0,
+        0,
+    ]
     assert [r["world_size"] for r in ranks] == [2, 2] and [r["rank"] for r in ranks] == [0, 1]
 
     torch.manual_seed(0)
