@@ -656,22 +656,30 @@ def part_report(opts: dict[str, Any]) -> None:
     lines += ["## Held-out reward (mean ± std over seeds)", "", header, sep]
     for row in rows:
         lines.append(f"| {row} | " + " | ".join(_mean_std(cell(row, n), len(seeds)) for n in levels) + " |")
-    lines += ["", "## Gain over the default schedule, paired on the same prompts and noises (mean ± std over seeds)", "",
-              header, sep]  # fmt: skip
-    for row in rows:
-        if row == "default":
-            continue
-        cells = (_mean_std(cell(row, n, paired=True), len(seeds)) for n in levels)
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    def gain_section(title, reference, section_rows):
+        out = ["", title, "", header, sep]
+        for row in section_rows:
+            if row != reference:
+                cells = (_mean_std(cell(row, n, paired=True, reference=reference), len(seeds)) for n in levels)
+                out.append(f"| {row} | " + " | ".join(cells) + " |")
+        return out
+
+    lines += gain_section(
+        "## Gain over the default schedule, paired on the same prompts and noises (mean ± std over seeds)", "default", rows
+    )
     if spec["init"] != "default":  # the trained rows start elsewhere: their gain over where they started
-        lines += ["", f"## Gain over the fixed {spec['init']} schedule, paired (the trained rows' init '{spec['init']}' is L + 1 equal "
-                  "Dirichlet intervals: its mean schedule stops at t = 1/(L+1), below this row until trained)", "",
-                  header, sep]  # fmt: skip
-        for row in rows:
-            if row == spec["init"]:
-                continue
-            cells = (_mean_std(cell(row, n, paired=True, reference=spec["init"]), len(seeds)) for n in levels)
-            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines += gain_section(
+            f"## Gain over the fixed {spec['init']} schedule, paired (the trained rows' init '{spec['init']}' is L + 1 "
+            "equal Dirichlet intervals: its mean schedule stops at t = 1/(L+1), below this row until trained)",
+            spec["init"],
+            rows,
+        )
+    if "RLOO" in rows:  # the estimator comparison: every trained row against RLOO on the same seed's prompts and noises
+        lines += gain_section(
+            "## Trained rows against RLOO, paired on the same seed's prompts and noises (mean ± std over seeds)",
+            "RLOO",
+            [r for r in rows if r in spec["trained"]],
+        )
     lines += ["", f"Seeds: {seeds}; a cell with fewer seeds says how many it has (n=...); — = not run.", ""]
     lines += estimator_sections(estimator_curves, curves, levels, spec["trained"])
 
