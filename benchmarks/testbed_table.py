@@ -656,16 +656,21 @@ def part_report(opts: dict[str, Any]) -> None:
     lines += ["## Held-out reward (mean ± std over seeds)", "", header, sep]
     for row in rows:
         lines.append(f"| {row} | " + " | ".join(_mean_std(cell(row, n), len(seeds)) for n in levels) + " |")
+
     def gain_section(title, reference, section_rows):
         out = ["", title, "", header, sep]
         for row in section_rows:
             if row != reference:
-                cells = (_mean_std(cell(row, n, paired=True, reference=reference), len(seeds)) for n in levels)
+                cells = [
+                    _mean_std(cell(row, n, paired=True, reference=reference), len(seeds)) for n in levels
+                ]
                 out.append(f"| {row} | " + " | ".join(cells) + " |")
         return out
 
     lines += gain_section(
-        "## Gain over the default schedule, paired on the same prompts and noises (mean ± std over seeds)", "default", rows
+        "## Gain over the default schedule, paired on the same prompts and noises (mean ± std over seeds)",
+        "default",
+        rows,
     )
     if spec["init"] != "default":  # the trained rows start elsewhere: their gain over where they started
         lines += gain_section(
@@ -674,7 +679,8 @@ def part_report(opts: dict[str, Any]) -> None:
             spec["init"],
             rows,
         )
-    if "RLOO" in rows:  # the estimator comparison: every trained row against RLOO on the same seed's prompts and noises
+    # the estimator comparison: every trained row against RLOO on the same seed's prompts and noises
+    if "RLOO" in rows:
         lines += gain_section(
             "## Trained rows against RLOO, paired on the same seed's prompts and noises (mean ± std over seeds)",
             "RLOO",
